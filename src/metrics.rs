@@ -1,0 +1,231 @@
+//! Prometheus metrics: the only file that spells metric names.
+//!
+//! [`Metrics`] holds typed handles registered in one `prometheus_client` registry; the
+//! collector and the worker update them per request and per batch (never per metric), and
+//! `GET /metrics` renders them. Label values come from fixed sets (status, error type),
+//! never from device ids or error text.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::queue::QueueStats;
+
+/// Label of `ingest_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// `queued`, `success` or `dlq`.
+    pub status: &'static str,
+}
+
+/// Label of `ingest_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    /// One of the platform's error types.
+    pub error_type: &'static str,
+}
+
+/// Every metric of the service. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    events: Family<StatusLabel, Counter>,
+    errors: Family<ErrorLabel, Counter>,
+    queue_depth: Gauge,
+    consumer_pending: Gauge,
+    consumer_ack_pending: Gauge,
+    consumer_redelivered: Gauge,
+    dlq_depth: Gauge,
+    processing: Histogram,
+    batch_size: Histogram,
+    db_write: Histogram,
+    publish: Histogram,
+    rows: Counter,
+    redeliveries: Counter,
+    stalled: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let events = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "ingest_events",
+            "Events by outcome: queued (accepted by the collector), success (committed), dlq",
+            events.clone(),
+        );
+        let errors = Family::<ErrorLabel, Counter>::default();
+        registry.register(
+            "ingest_errors",
+            "Errors by platform error type",
+            errors.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "ingest_queue_depth",
+            "Messages not yet committed: consumer pending + ack pending",
+            queue_depth.clone(),
+        );
+        let consumer_pending = Gauge::default();
+        registry.register(
+            "ingest_consumer_pending",
+            "Messages stored and not yet delivered",
+            consumer_pending.clone(),
+        );
+        let consumer_ack_pending = Gauge::default();
+        registry.register(
+            "ingest_consumer_ack_pending",
+            "Messages delivered and not yet acknowledged",
+            consumer_ack_pending.clone(),
+        );
+        let consumer_redelivered = Gauge::default();
+        registry.register(
+            "ingest_consumer_redelivered",
+            "Unacknowledged messages delivered more than once",
+            consumer_redelivered.clone(),
+        );
+        let dlq_depth = Gauge::default();
+        registry.register(
+            "ingest_dlq_depth",
+            "Messages in the dead letter queue",
+            dlq_depth.clone(),
+        );
+        let processing = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "ingest_processing_duration_seconds",
+            "Time from publish to commit, per event",
+            processing.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "ingest_batch_size",
+            "Messages per worker batch",
+            batch_size.clone(),
+        );
+        let db_write = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "ingest_db_write_duration_seconds",
+            "Duration of one batch upsert transaction",
+            db_write.clone(),
+        );
+        let publish = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "ingest_publish_duration_seconds",
+            "Time the collector waits for the queue's durable acknowledgement",
+            publish.clone(),
+        );
+        let rows = Counter::default();
+        registry.register("ingest_rows", "Rows upserted into ingest_events", rows.clone());
+        let redeliveries = Counter::default();
+        registry.register(
+            "ingest_redeliveries",
+            "Deliveries of messages that had been delivered before",
+            redeliveries.clone(),
+        );
+        let stalled = Gauge::default();
+        registry.register(
+            "ingest_worker_stalled",
+            "1 when the queue is not empty and nothing was committed for STALL_AFTER",
+            stalled.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                events,
+                errors,
+                queue_depth,
+                consumer_pending,
+                consumer_ack_pending,
+                consumer_redelivered,
+                dlq_depth,
+                processing,
+                batch_size,
+                db_write,
+                publish,
+                rows,
+                redeliveries,
+                stalled,
+            }),
+        }
+    }
+
+    /// Counts events by outcome.
+    pub fn events(&self, status: &'static str, n: u64) {
+        self.inner
+            .events
+            .get_or_create(&StatusLabel { status })
+            .inc_by(n);
+    }
+
+    /// Counts errors by type.
+    pub fn error(&self, error_type: &'static str, n: u64) {
+        self.inner
+            .errors
+            .get_or_create(&ErrorLabel { error_type })
+            .inc_by(n);
+    }
+
+    /// Records the queue state read for health.
+    pub fn queue_stats(&self, s: &QueueStats) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let i = &self.inner;
+        i.queue_depth.set(g(s.depth()));
+        i.consumer_pending.set(g(s.pending));
+        i.consumer_ack_pending.set(g(s.ack_pending));
+        i.consumer_redelivered.set(g(s.redelivered));
+        i.dlq_depth.set(g(s.dlq_depth));
+    }
+
+    /// Publish → commit latency of one event.
+    pub fn processing_seconds(&self, secs: f64) {
+        self.inner.processing.observe(secs);
+    }
+
+    /// A committed batch: its size, its write time, its rows.
+    pub fn batch_committed(&self, messages: usize, rows: u64, write_secs: f64) {
+        self.inner.batch_size.observe(messages as f64);
+        self.inner.db_write.observe(write_secs);
+        self.inner.rows.inc_by(rows);
+    }
+
+    /// The collector's wait for a publish acknowledgement.
+    pub fn publish_seconds(&self, secs: f64) {
+        self.inner.publish.observe(secs);
+    }
+
+    /// Deliveries that are redeliveries.
+    pub fn redeliveries(&self, n: u64) {
+        self.inner.redeliveries.inc_by(n);
+    }
+
+    /// Stall flag for the consumer.
+    pub fn stalled(&self, stalled: bool) {
+        self.inner.stalled.set(i64::from(stalled));
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error here would be a bug in the encoder.
+        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
