@@ -309,7 +309,7 @@ pub enum Deployment {
     /// Embedded durable queue and SQLite store in `data_dir`; one process owns them.
     Embedded { data_dir: PathBuf },
     /// NATS JetStream and PostgreSQL.
-    ScaleOut { nats_url: String, pg: PgConnect },
+    ScaleOut { nats_url: String, pg: Box<PgConnect> },
 }
 
 /// Resolved PostgreSQL connection parameters.
@@ -331,7 +331,10 @@ impl Settings {
             (None, None) => Ok(Deployment::Embedded {
                 data_dir: self.embedded.data_dir.clone(),
             }),
-            (Some(nats_url), Some(pg)) => Ok(Deployment::ScaleOut { nats_url, pg }),
+            (Some(nats_url), Some(pg)) => Ok(Deployment::ScaleOut {
+                nats_url,
+                pg: Box::new(pg),
+            }),
             (Some(_), None) => Err(ConfigError::HalfConfigured {
                 queue: "external (NATS_URL/NATS_HOST is set)",
                 store: "embedded",

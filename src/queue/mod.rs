@@ -168,7 +168,7 @@ pub trait Queue: Clone + Send + Sync + 'static {
     /// Tells the queue these messages are still being worked on (resets the ack wait).
     fn in_progress(
         &self,
-        deliveries: &[Delivery<Self::Handle>],
+        deliveries: &[&Delivery<Self::Handle>],
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Stores the message in the DLQ with its reason (idempotently, keyed by its original
