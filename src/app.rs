@@ -16,10 +16,73 @@ use crate::collector::{self, Collector, HttpSettings};
 use crate::config::{Deployment, Settings};
 use crate::metrics::Metrics;
 use crate::queue::jetstream::{self, JetStreamOptions};
-use crate::queue::{JetStreamQueue, Queue, QueueError};
+use crate::queue::embedded::EmbeddedQueueOptions;
+use crate::queue::{EmbeddedQueue, JetStreamQueue, Queue, QueueError};
 use crate::shutdown::Shutdown;
-use crate::store::{PostgresStore, Store, StoreError};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::worker::WorkerPool;
+
+/// Embedded queue file inside DATA_DIR.
+pub const QUEUE_FILE: &str = "queue.db";
+/// Embedded store file inside DATA_DIR.
+pub const STORE_FILE: &str = "nsready.db";
+/// Lock file inside DATA_DIR: one `nsready serve` per directory.
+pub const LOCK_FILE: &str = "nsready.lock";
+
+/// Options of the embedded queue from the settings.
+pub fn embedded_queue_options(settings: &Settings) -> EmbeddedQueueOptions {
+    EmbeddedQueueOptions {
+        max_msgs: settings.embedded.embedded_queue_max_msgs,
+        max_bytes: settings.embedded.embedded_queue_max_bytes,
+        ack_wait: settings.worker.worker_ack_wait,
+        duplicate_window: settings.nats.duplicate_window,
+    }
+}
+
+/// An exclusive lock on DATA_DIR (flock on a lock file), released on drop or process death.
+#[derive(Debug)]
+pub struct DataDirLock {
+    /// Held open: closing the file releases the lock.
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Creates DATA_DIR if needed and takes the lock without waiting.
+    ///
+    /// # Errors
+    /// `Refused` naming the directory when it cannot be created or another process holds it.
+    pub fn acquire(dir: &std::path::Path) -> Result<DataDirLock, AppError> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            AppError::Refused(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
+        })?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                AppError::Refused(format!("DATA_DIR {} is not writable: {e}", dir.display()))
+            })?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(AppError::Refused(format!(
+                "DATA_DIR {} is in use by another nsready process (pid {}); one process owns \
+                 an embedded data directory",
+                dir.display(),
+                holder.trim()
+            )));
+        }
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(DataDirLock { _file: file })
+    }
+}
 
 /// Which parts of the service this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,10 +148,28 @@ impl App {
     pub async fn build(settings: &Settings, role: Role, shutdown: Shutdown) -> Result<App, AppError> {
         match settings.deployment()? {
             Deployment::Embedded { data_dir } => {
-                let _ = data_dir;
-                Err(AppError::Refused(
-                    "embedded mode is not available yet: set NATS_URL and DATABASE_URL".into(),
-                ))
+                if role != Role::Serve {
+                    return Err(AppError::Refused(format!(
+                        "`nsready {}` needs the scale-out deployment: in embedded mode one \
+                         process owns the files in DATA_DIR, so run `nsready serve` (or set \
+                         NATS_URL and DATABASE_URL to run collectors and workers apart)",
+                        role.name()
+                    )));
+                }
+                let lock = DataDirLock::acquire(&data_dir)?;
+                let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+                store.migrate().await?;
+                let queue =
+                    EmbeddedQueue::open(&data_dir.join(QUEUE_FILE), embedded_queue_options(settings))?;
+                let mut app = assemble(queue, store, settings, role, shutdown).await?;
+                // The lock lives as long as the service runs.
+                let run = app.run;
+                app.run = Box::pin(async move {
+                    let r = run.await;
+                    drop(lock);
+                    r
+                });
+                Ok(app)
             }
             Deployment::ScaleOut { nats_url, pg } => {
                 let client = jetstream::connect(&nats_url, &settings.nats).await?;
@@ -233,8 +314,10 @@ pub trait StoreTask: Send {
 pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T::Output, AppError> {
     match settings.deployment()? {
         Deployment::Embedded { data_dir } => {
-            let _ = data_dir;
-            Err(AppError::Refused("embedded mode is not available yet".into()))
+            // No lock: SQLite serialises writers itself, so registry commands work while
+            // `nsready serve` runs (and the worker sees imports without a restart).
+            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+            task.run(store).await
         }
         Deployment::ScaleOut { pg, .. } => {
             let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
@@ -253,8 +336,16 @@ pub async fn with_deployment<T: DeploymentTask>(
 ) -> Result<T::Output, AppError> {
     match settings.deployment()? {
         Deployment::Embedded { data_dir } => {
-            let _ = data_dir;
-            Err(AppError::Refused("embedded mode is not available yet".into()))
+            let lock = DataDirLock::acquire(&data_dir).map_err(|e| {
+                AppError::Refused(format!("{e}; stop `nsready serve` first for this command"))
+            })?;
+            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+            store.migrate().await?;
+            let queue =
+                EmbeddedQueue::open(&data_dir.join(QUEUE_FILE), embedded_queue_options(settings))?;
+            let r = task.run(queue, store).await;
+            drop(lock);
+            r
         }
         Deployment::ScaleOut { nats_url, pg } => {
             let client = jetstream::connect(&nats_url, &settings.nats).await?;

@@ -3,3 +3,5 @@
 
 mod harness;
 mod support;
+mod pipeline;
+mod store_postgres;
