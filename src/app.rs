@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use crate::collector::{self, Collector, HttpSettings};
 use crate::config::{Deployment, Settings};
 use crate::metrics::Metrics;
-use crate::queue::jetstream::{self, JetStreamOptions};
 use crate::queue::embedded::EmbeddedQueueOptions;
+use crate::queue::jetstream::{self, JetStreamOptions};
 use crate::queue::{EmbeddedQueue, JetStreamQueue, Queue, QueueError};
 use crate::shutdown::Shutdown;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
@@ -145,7 +145,11 @@ impl App {
     /// # Errors
     /// Configuration errors (half-configured deployment, a role the deployment refuses),
     /// the queue or the store unreachable after the start-up retries, the port taken.
-    pub async fn build(settings: &Settings, role: Role, shutdown: Shutdown) -> Result<App, AppError> {
+    pub async fn build(
+        settings: &Settings,
+        role: Role,
+        shutdown: Shutdown,
+    ) -> Result<App, AppError> {
         match settings.deployment()? {
             Deployment::Embedded { data_dir } => {
                 if role != Role::Serve {
@@ -159,8 +163,10 @@ impl App {
                 let lock = DataDirLock::acquire(&data_dir)?;
                 let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
                 store.migrate().await?;
-                let queue =
-                    EmbeddedQueue::open(&data_dir.join(QUEUE_FILE), embedded_queue_options(settings))?;
+                let queue = EmbeddedQueue::open(
+                    &data_dir.join(QUEUE_FILE),
+                    embedded_queue_options(settings),
+                )?;
                 let mut app = assemble(queue, store, settings, role, shutdown).await?;
                 // The lock lives as long as the service runs.
                 let run = app.run;
@@ -175,15 +181,13 @@ impl App {
                 let client = jetstream::connect(&nats_url, &settings.nats).await?;
                 let mut opts =
                     JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
-                opts.max_ack_pending = opts
-                    .max_ack_pending
-                    .max((settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8) as i64);
+                opts.max_ack_pending = opts.max_ack_pending.max(
+                    (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
+                        as i64,
+                );
                 let queue = JetStreamQueue::provision(client, opts).await?;
-                let store = PostgresStore::connect(
-                    &pg,
-                    settings.db.db_pool_size,
-                    settings.db.db_timeout,
-                )?;
+                let store =
+                    PostgresStore::connect(&pg, settings.db.db_pool_size, settings.db.db_timeout)?;
                 if role.has_workers() {
                     migrate_with_retries(&store, settings).await?;
                 }
@@ -233,7 +237,12 @@ async fn assemble<Q: Queue, S: Store>(
 ) -> Result<App, AppError> {
     let metrics = Metrics::new();
     let pool_state = if role.has_workers() {
-        let pool = WorkerPool::new(queue.clone(), store.clone(), metrics.clone(), &settings.worker);
+        let pool = WorkerPool::new(
+            queue.clone(),
+            store.clone(),
+            metrics.clone(),
+            &settings.worker,
+        );
         let state = pool.state();
         pool.spawn(&shutdown);
         Some(state)
@@ -250,7 +259,10 @@ async fn assemble<Q: Queue, S: Store>(
     };
     let state = Collector::new(queue, store, metrics, http, pool_state, shutdown.clone());
     let router = collector::router(state, role.has_collector());
-    let addr = format!("{}:{}", settings.http.service_host, settings.http.service_port);
+    let addr = format!(
+        "{}:{}",
+        settings.http.service_host, settings.http.service_port
+    );
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|source| AppError::Bind {
@@ -304,7 +316,8 @@ pub trait DeploymentTask: Send {
 pub trait StoreTask: Send {
     type Output: Send;
     /// Runs with an opened store.
-    fn run<S: Store>(self, store: S) -> impl Future<Output = Result<Self::Output, AppError>> + Send;
+    fn run<S: Store>(self, store: S)
+    -> impl Future<Output = Result<Self::Output, AppError>> + Send;
 }
 
 /// Opens the configured store (without migrating) and runs `task` with it.

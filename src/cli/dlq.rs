@@ -113,7 +113,10 @@ impl DeploymentTask for Task {
                 for d in &chosen {
                     let msg = Outgoing {
                         msg_id: format!("replay:{}:{}", d.seq, uuid::Uuid::new_v4()),
-                        trace_id: d.trace_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                        trace_id: d
+                            .trace_id
+                            .clone()
+                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                         payload: Bytes::clone(&d.payload),
                     };
                     // Remove the dead letter only once the new copy is durably queued.
@@ -143,11 +146,17 @@ fn print_list(letters: &[DeadLetter]) {
         println!("  {t:<22} {n}");
     }
     if !letters.is_empty() {
-        println!("\n{:>8} {:>10} {:<20} {:>9} {:<26} reason", "seq", "orig_seq", "error_type", "delivered", "time");
+        println!(
+            "\n{:>8} {:>10} {:<20} {:>9} {:<26} reason",
+            "seq", "orig_seq", "error_type", "delivered", "time"
+        );
     }
     for d in letters {
         let t = d.time.map(|t| t.to_rfc3339()).unwrap_or_default();
-        println!("{:>8} {:>10} {:<20} {:>9} {:<26} {}", d.seq, d.original_seq, d.error_type, d.delivered, t, d.reason);
+        println!(
+            "{:>8} {:>10} {:<20} {:>9} {:<26} {}",
+            d.seq, d.original_seq, d.error_type, d.delivered, t, d.reason
+        );
     }
 }
 
@@ -165,7 +174,14 @@ fn confirm(prompt: &str) -> bool {
 pub async fn run(s: &Settings, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DlqCommand::List { filter, json } => {
-            let (letters, _) = with_deployment(s, Task { filter, action: Action::List }).await?;
+            let (letters, _) = with_deployment(
+                s,
+                Task {
+                    filter,
+                    action: Action::List,
+                },
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else {
@@ -173,17 +189,39 @@ pub async fn run(s: &Settings, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DlqCommand::Show { seq } => {
-            let filter = Filter { seqs: vec![seq], ..Filter::default() };
-            let (letters, _) = with_deployment(s, Task { filter, action: Action::List }).await?;
-            let d = letters.first().with_context(|| format!("no dead letter with sequence {seq}"))?;
+            let filter = Filter {
+                seqs: vec![seq],
+                ..Filter::default()
+            };
+            let (letters, _) = with_deployment(
+                s,
+                Task {
+                    filter,
+                    action: Action::List,
+                },
+            )
+            .await?;
+            let d = letters
+                .first()
+                .with_context(|| format!("no dead letter with sequence {seq}"))?;
             println!("{}", serde_json::to_string_pretty(d)?);
             println!("payload:\n{}", String::from_utf8_lossy(&d.payload));
         }
         DlqCommand::Replay { filter, dry_run } => {
-            let (letters, done) = with_deployment(s, Task { filter, action: Action::Replay { dry_run } }).await?;
+            let (letters, done) = with_deployment(
+                s,
+                Task {
+                    filter,
+                    action: Action::Replay { dry_run },
+                },
+            )
+            .await?;
             if dry_run {
                 print_list(&letters);
-                println!("\ndry run: {} dead letters would be replayed", letters.len());
+                println!(
+                    "\ndry run: {} dead letters would be replayed",
+                    letters.len()
+                );
             } else {
                 println!("replayed {done} dead letters");
             }
@@ -192,7 +230,14 @@ pub async fn run(s: &Settings, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             if !yes && !confirm("Delete the matching dead letters for good?") {
                 anyhow::bail!("not confirmed: pass --yes to purge without asking");
             }
-            let (_, done) = with_deployment(s, Task { filter, action: Action::Purge }).await?;
+            let (_, done) = with_deployment(
+                s,
+                Task {
+                    filter,
+                    action: Action::Purge,
+                },
+            )
+            .await?;
             println!("purged {done} dead letters");
         }
     }

@@ -18,7 +18,7 @@ use nsready::config::Settings;
 /// With nothing configured it runs on one machine (embedded queue and store in DATA_DIR).
 /// Set NATS_URL and DATABASE_URL to run on NATS JetStream and PostgreSQL instead.
 #[derive(Parser, Debug)]
-#[command(name = "nsready", version, about, long_about = None)]
+#[command(name = "nsready", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,

@@ -124,29 +124,68 @@ pub async fn run(s: &Settings, cmd: RegistryCommand) -> anyhow::Result<ExitCode>
 }
 
 fn print_registry(doc: &RegistryDoc) {
-    println!("{} customers, {} projects, {} sites, {} devices, {} parameter templates",
-        doc.customers.len(), doc.projects.len(), doc.sites.len(), doc.devices.len(), doc.parameter_templates.len());
-    println!("\nDEVICES\n{:<38} {:<24} {:<8} {:<38} {:<38}", "device_id", "name", "status", "site_id", "project_id");
+    println!(
+        "{} customers, {} projects, {} sites, {} devices, {} parameter templates",
+        doc.customers.len(),
+        doc.projects.len(),
+        doc.sites.len(),
+        doc.devices.len(),
+        doc.parameter_templates.len()
+    );
+    println!(
+        "\nDEVICES\n{:<38} {:<24} {:<8} {:<38} {:<38}",
+        "device_id", "name", "status", "site_id", "project_id"
+    );
     for d in &doc.devices {
-        let project = doc.sites.iter().find(|s| s.id == d.site_id).map(|s| s.project_id.to_string()).unwrap_or_default();
-        println!("{:<38} {:<24} {:<8} {:<38} {:<38}", d.id, d.name, d.status, d.site_id, project);
+        let project = doc
+            .sites
+            .iter()
+            .find(|s| s.id == d.site_id)
+            .map(|s| s.project_id.to_string())
+            .unwrap_or_default();
+        println!(
+            "{:<38} {:<24} {:<8} {:<38} {:<38}",
+            d.id, d.name, d.status, d.site_id, project
+        );
     }
     println!("\nPARAMETERS\n{:<64} {:<10} unit", "key", "name");
     for t in &doc.parameter_templates {
-        println!("{:<64} {:<10} {}", t.key, t.name, t.unit.as_deref().unwrap_or(""));
+        println!(
+            "{:<64} {:<10} {}",
+            t.key,
+            t.name,
+            t.unit.as_deref().unwrap_or("")
+        );
     }
 }
 
 /// `nsready latest`.
-pub async fn latest(s: &Settings, device: Option<uuid::Uuid>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn latest(
+    s: &Settings,
+    device: Option<uuid::Uuid>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let rows = with_store(s, Latest(device)).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<38} {:<64} {:<28} {:>12} {:>7}", "device_id", "parameter_key", "time", "value", "quality");
+        println!(
+            "{:<38} {:<64} {:<28} {:>12} {:>7}",
+            "device_id", "parameter_key", "time", "value", "quality"
+        );
         for r in &rows {
-            let v = r.value.map(|v| v.to_string()).unwrap_or_else(|| "null".into());
-            println!("{:<38} {:<64} {:<28} {:>12} {:>7}", r.device_id, r.parameter_key, r.time.to_rfc3339(), v, r.quality);
+            let v = r
+                .value
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "null".into());
+            println!(
+                "{:<38} {:<64} {:<28} {:>12} {:>7}",
+                r.device_id,
+                r.parameter_key,
+                r.time.to_rfc3339(),
+                v,
+                r.quality
+            );
         }
         if rows.is_empty() {
             println!("(no rows yet)");

@@ -72,12 +72,20 @@ pub async fn run(s: &Settings, args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let verdict = ["OK", "WARNING", "CRITICAL"][usize::from(level)];
     if args.json {
-        println!("{}", serde_json::json!({"verdict": verdict, "notes": notes, "health": health}));
+        println!(
+            "{}",
+            serde_json::json!({"verdict": verdict, "notes": notes, "health": health})
+        );
     } else {
         let q = &health["queue"];
-        println!("nsready {verdict}  ({base}, role {})", health["role"].as_str().unwrap_or("?"));
-        println!("  queue depth     {depth} (pending {}, ack pending {}, redelivered {}, waiting pulls {})",
-            q["pending"], q["ack_pending"], q["redelivered"], q["waiting_pulls"]);
+        println!(
+            "nsready {verdict}  ({base}, role {})",
+            health["role"].as_str().unwrap_or("?")
+        );
+        println!(
+            "  queue depth     {depth} (pending {}, ack pending {}, redelivered {}, waiting pulls {})",
+            q["pending"], q["ack_pending"], q["redelivered"], q["waiting_pulls"]
+        );
         println!("  dlq depth       {dlq}");
         println!("  database        {}", health["db"].as_str().unwrap_or("?"));
         for n in &notes {

@@ -86,7 +86,9 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
                 results.push(Value::Null);
             }
             Err(r) => {
-                results.push(json!({"index": index, "error": {"detail": r.detail(), "errors": r.errors()}}));
+                results.push(
+                    json!({"index": index, "error": {"detail": r.detail(), "errors": r.errors()}}),
+                );
             }
         }
     }
@@ -178,10 +180,12 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             // Bounded read: a small compressed body cannot expand past the limit.
             let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
             dec.read_to_end(&mut out).map_err(|_| {
-                ApiError::Invalid(crate::event::Rejection::new(vec![crate::event::FieldError {
-                    loc: vec![crate::event::Loc::Key("body".into())],
-                    msg: "is not valid gzip data".into(),
-                }]))
+                ApiError::Invalid(crate::event::Rejection::new(vec![
+                    crate::event::FieldError {
+                        loc: vec![crate::event::Loc::Key("body".into())],
+                        msg: "is not valid gzip data".into(),
+                    },
+                ]))
             })?;
             if out.len() > limit {
                 return Err(ApiError::TooLarge { limit });

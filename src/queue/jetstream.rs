@@ -196,7 +196,10 @@ impl JetStreamQueue {
         let have = &consumer.cached_info().config;
         let mut drift = Vec::new();
         if have.ack_wait != want.ack_wait {
-            drift.push(format!("ack_wait {:?} (want {:?})", have.ack_wait, want.ack_wait));
+            drift.push(format!(
+                "ack_wait {:?} (want {:?})",
+                have.ack_wait, want.ack_wait
+            ));
         }
         if have.max_deliver != want.max_deliver {
             drift.push(format!("max_deliver {} (want -1)", have.max_deliver));
@@ -256,9 +259,7 @@ impl JetStreamQueue {
                 duplicate: ack.duplicate,
             }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(QueueError::Unavailable(
-                "no acknowledgement from JetStream within PUBLISH_TIMEOUT".into(),
-            )),
+            Err(_) => Err(timeout_error()),
         }
     }
 }
@@ -282,16 +283,28 @@ async fn ensure_stream(
         .clone();
     let mut drift = Vec::new();
     if have.subjects != want.subjects {
-        drift.push(format!("subjects {:?} (want {:?})", have.subjects, want.subjects));
+        drift.push(format!(
+            "subjects {:?} (want {:?})",
+            have.subjects, want.subjects
+        ));
     }
     if have.retention != want.retention {
-        drift.push(format!("retention {:?} (want {:?})", have.retention, want.retention));
+        drift.push(format!(
+            "retention {:?} (want {:?})",
+            have.retention, want.retention
+        ));
     }
     if have.storage != want.storage {
-        drift.push(format!("storage {:?} (want {:?})", have.storage, want.storage));
+        drift.push(format!(
+            "storage {:?} (want {:?})",
+            have.storage, want.storage
+        ));
     }
     if have.discard != want.discard {
-        drift.push(format!("discard {:?} (want {:?})", have.discard, want.discard));
+        drift.push(format!(
+            "discard {:?} (want {:?})",
+            have.discard, want.discard
+        ));
     }
     if have.max_messages != want.max_messages
         || have.max_bytes != want.max_bytes
@@ -342,6 +355,10 @@ fn publish_error(e: impl std::fmt::Display) -> QueueError {
     }
 }
 
+fn timeout_error() -> QueueError {
+    QueueError::Unavailable("no acknowledgement from JetStream within PUBLISH_TIMEOUT".into())
+}
+
 fn nats_err(e: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(e.to_string())
 }
@@ -369,8 +386,35 @@ impl Queue for JetStreamQueue {
     }
 
     async fn publish_many(&self, msgs: Vec<Outgoing>) -> Vec<Result<Published, QueueError>> {
-        // Every publish is in flight at once; each waits for its own ack.
-        join_all(msgs.into_iter().map(|m| self.publish_one(m))).await
+        let deadline = tokio::time::Instant::now() + self.opts.publish_timeout;
+        // Sent one after the other on one connection, so the stream stores them in request
+        // order (a later event for the same key wins); the acks are awaited together.
+        let mut pending = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let publish = self.outgoing_publish(m);
+            let sent = tokio::time::timeout_at(
+                deadline,
+                self.js.send_publish(self.opts.subject.clone(), publish),
+            )
+            .await;
+            pending.push(sent);
+        }
+        join_all(pending.into_iter().map(|sent| async move {
+            let ack = match sent {
+                Ok(Ok(ack)) => ack,
+                Ok(Err(e)) => return Err(publish_error(e)),
+                Err(_) => return Err(timeout_error()),
+            };
+            match tokio::time::timeout_at(deadline, ack).await {
+                Ok(Ok(a)) => Ok(Published {
+                    seq: a.sequence,
+                    duplicate: a.duplicate,
+                }),
+                Ok(Err(e)) => Err(publish_error(e)),
+                Err(_) => Err(timeout_error()),
+            }
+        }))
+        .await
     }
 
     async fn fetch(
@@ -519,7 +563,10 @@ impl Queue for JetStreamQueue {
             .map_err(nats_err)?;
         let state = stream.cached_info().state.clone();
         let mut out = Vec::new();
-        let mut seq = from.max(state.first_sequence);
+        if state.messages == 0 {
+            return Ok(out);
+        }
+        let mut seq = from.max(state.first_sequence).max(1);
         while seq <= state.last_sequence && out.len() < limit {
             match stream.get_raw_message(seq).await {
                 Ok(m) => out.push(DeadLetter {

@@ -133,10 +133,7 @@ pub trait Queue: Clone + Send + Sync + 'static {
 
     /// Publishes and waits (bounded by the publish timeout) until the queue has stored the
     /// message durably.
-    fn publish(
-        &self,
-        msg: Outgoing,
-    ) -> impl Future<Output = Result<Published, QueueError>> + Send;
+    fn publish(&self, msg: Outgoing) -> impl Future<Output = Result<Published, QueueError>> + Send;
 
     /// Publishes many messages with their acknowledgements in flight together; one result
     /// per message, in order.

@@ -72,7 +72,10 @@ pub async fn process_batch<Q: Queue, S: Store>(
 
 /// Runs the business checks; marks failures. Returns true when the registry could not be
 /// read (every undecided message then counts as an infrastructure failure).
-async fn check_registry<Q: Queue, S: Store>(ctx: &Ctx<Q, S>, items: &mut [Item<Q::Handle>]) -> bool {
+async fn check_registry<Q: Queue, S: Store>(
+    ctx: &Ctx<Q, S>,
+    items: &mut [Item<Q::Handle>],
+) -> bool {
     let events: Vec<&NormalizedEvent> = items
         .iter()
         .filter_map(|i| i.decoded.as_ref().map(|d| &d.event))
@@ -238,7 +241,10 @@ async fn settle<Q: Queue, S: Store>(
             Disposition::Ack => acks.push(d),
             Disposition::Nak { delay } => naks.entry(delay).or_default().push(d),
             Disposition::DeadLetter { error_type, reason } => {
-                let device = item.decoded.as_ref().map(|x| x.event.device_id().to_string());
+                let device = item
+                    .decoded
+                    .as_ref()
+                    .map(|x| x.event.device_id().to_string());
                 dead.push((d, error_type, reason, device));
             }
         }

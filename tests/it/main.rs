@@ -2,6 +2,6 @@
 //! the crate is linked once. Run with `cargo nextest run` (one process per test).
 
 mod harness;
-mod support;
 mod pipeline;
 mod store_postgres;
+mod support;

@@ -32,6 +32,7 @@ pub enum Kind {
 }
 
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct SettingsOnly {
     #[command(flatten)]
     settings: Settings,
@@ -100,7 +101,12 @@ impl TestEnv {
                 let nats = NatsServer::start();
                 let pg = Postgres::start();
                 let db_url = pg.create_database("nsready_test");
-                base.extend(["--nats-url".into(), nats.url(), "--database-url".into(), db_url.clone()]);
+                base.extend([
+                    "--nats-url".into(),
+                    nats.url(),
+                    "--database-url".into(),
+                    db_url.clone(),
+                ]);
                 (Some(nats), Some(pg), Some(db_url))
             }
             Kind::Embedded => {
@@ -169,7 +175,8 @@ impl TestEnv {
                 f.call(s).await
             }
             Kind::Embedded => {
-                let s = SqliteStore::open(&self.dir.path().join("nsready.db")).expect("sqlite store");
+                let s =
+                    SqliteStore::open(&self.dir.path().join("nsready.db")).expect("sqlite store");
                 f.call(s).await
             }
         }
@@ -199,7 +206,8 @@ impl TestEnv {
                 parse_rows(&out)
             }
             Kind::Embedded => {
-                let conn = rusqlite::Connection::open(self.dir.path().join("nsready.db")).expect("open sqlite");
+                let conn = rusqlite::Connection::open(self.dir.path().join("nsready.db"))
+                    .expect("open sqlite");
                 let mut st = conn
                     .prepare("SELECT time, device_id, parameter_key, value, quality, source, event_id, attributes FROM ingest_events ORDER BY time, device_id, parameter_key")
                     .expect("prepare");
@@ -232,7 +240,8 @@ impl TestEnv {
                 .parse()
                 .expect("integer"),
             Kind::Embedded => {
-                let conn = rusqlite::Connection::open(self.dir.path().join("nsready.db")).expect("open sqlite");
+                let conn = rusqlite::Connection::open(self.dir.path().join("nsready.db"))
+                    .expect("open sqlite");
                 conn.query_row(sql, [], |r| r.get(0)).expect("count query")
             }
         }
@@ -253,7 +262,8 @@ impl TestEnv {
                     .collect()
             }
             Kind::Embedded => {
-                let conn = rusqlite::Connection::open(self.dir.path().join("nsready.db")).expect("open sqlite");
+                let conn = rusqlite::Connection::open(self.dir.path().join("nsready.db"))
+                    .expect("open sqlite");
                 let mut st = conn.prepare(&sql).expect("prepare");
                 st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                     .expect("query")
@@ -284,15 +294,22 @@ impl TestEnv {
             Kind::ScaleOut => {
                 let s = self.settings(&[]);
                 let url = self.nats.as_ref().expect("nats").url();
-                let client = jetstream::connect(&url, &s.nats).await.expect("nats connect");
+                let client = jetstream::connect(&url, &s.nats)
+                    .await
+                    .expect("nats connect");
                 let opts = JetStreamOptions::from_args(&s.nats, s.worker.worker_ack_wait);
-                let q = JetStreamQueue::provision(client, opts).await.expect("provision");
+                let q = JetStreamQueue::provision(client, opts)
+                    .await
+                    .expect("provision");
                 f(AnyQueue::Js(q)).await
             }
             Kind::Embedded => {
                 let s = self.settings(&[]);
-                let q = EmbeddedQueue::open(&self.queue_path(), nsready::app::embedded_queue_options(&s))
-                    .expect("open embedded queue");
+                let q = EmbeddedQueue::open(
+                    &self.queue_path(),
+                    nsready::app::embedded_queue_options(&s),
+                )
+                .expect("open embedded queue");
                 f(AnyQueue::Embedded(q)).await
             }
         }
@@ -310,7 +327,11 @@ pub enum AnyQueue {
 }
 
 impl AnyQueue {
-    pub async fn dlq_list(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, nsready::queue::QueueError> {
+    pub async fn dlq_list(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, nsready::queue::QueueError> {
         match self {
             AnyQueue::Js(q) => q.dlq_list(from, limit).await,
             AnyQueue::Embedded(q) => q.dlq_list(from, limit).await,
@@ -341,7 +362,8 @@ impl TestEnv {
     /// producer).
     pub async fn publish_raw(&self, payload: &[u8]) {
         let p = payload.to_vec();
-        self.with_queue(|q| async move { q.publish_raw(&p).await }).await
+        self.with_queue(|q| async move { q.publish_raw(&p).await })
+            .await
     }
 }
 
@@ -351,7 +373,10 @@ fn parse_rows(json: &str) -> Vec<RowView> {
         .expect("array")
         .iter()
         .map(|r| RowView {
-            time: r["time"].as_str().and_then(|t| t.parse().ok()).expect("time"),
+            time: r["time"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .expect("time"),
             device_id: r["device_id"].as_str().expect("device").to_string(),
             parameter_key: r["parameter_key"].as_str().expect("key").to_string(),
             value: r["value"].as_f64(),
@@ -372,7 +397,9 @@ struct ImportDemo;
 impl AsyncStoreFn<()> for ImportDemo {
     async fn call<S: Store>(self, s: S) {
         s.migrate().await.expect("migrate");
-        s.import_registry(&nsready::registry::demo()).await.expect("import demo");
+        s.import_registry(&nsready::registry::demo())
+            .await
+            .expect("import demo");
     }
 }
 
@@ -404,7 +431,12 @@ pub struct RunningApp {
 impl RunningApp {
     /// POSTs one event; returns status, headers and JSON body.
     pub async fn post_event(&self, body: &Value) -> (StatusCode, Value) {
-        self.post("/v1/ingest", "application/json", body.to_string().into_bytes()).await
+        self.post(
+            "/v1/ingest",
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
     }
 
     /// POSTs raw bytes with a content type.
@@ -431,13 +463,21 @@ impl RunningApp {
         let status = r.status();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
-        (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// POSTs a JSON array to the batch endpoint.
     pub async fn post_batch(&self, events: &[Value]) -> (StatusCode, Value) {
-        self.post("/v1/ingest/batch", "application/json", Value::Array(events.to_vec()).to_string().into_bytes())
-            .await
+        self.post(
+            "/v1/ingest/batch",
+            "application/json",
+            Value::Array(events.to_vec()).to_string().into_bytes(),
+        )
+        .await
     }
 
     /// GET /v1/health.
@@ -499,7 +539,8 @@ where
 
 /// A value from the Prometheus text: the sample named exactly `series` (with labels).
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
