@@ -285,6 +285,11 @@ pub struct WorkerArgs {
     /// this long.
     #[arg(long, env = "STALL_AFTER", default_value = "60", value_parser = parse_duration, global = true)]
     pub stall_after: Duration,
+    /// Fault injection for tests: `crash-after-commit` aborts the process after the first
+    /// batch commit, before its acks (proves redelivery adds no rows). Never set it in
+    /// production.
+    #[arg(long, env = "NSREADY_FAILPOINT", hide = true, global = true)]
+    pub failpoint: Option<String>,
 }
 
 /// HTTP service.

@@ -241,8 +241,19 @@ impl JetStreamQueue {
             .header(TRACE_ID, msg.trace_id.as_str())
     }
 
+    /// Refuses at once while disconnected, instead of letting the client buffer the
+    /// message for a reconnect that may come after the client got its 503.
+    fn check_connected(&self) -> Result<(), QueueError> {
+        if self.connected() {
+            Ok(())
+        } else {
+            Err(QueueError::Unavailable("not connected to NATS".into()))
+        }
+    }
+
     /// Sends one publish and waits for its ack, all bounded by the publish timeout.
     async fn publish_one(&self, msg: Outgoing) -> Result<Published, QueueError> {
+        self.check_connected()?;
         let publish = self.outgoing_publish(msg);
         let subject = self.opts.subject.clone();
         let fut = async {
@@ -386,6 +397,12 @@ impl Queue for JetStreamQueue {
     }
 
     async fn publish_many(&self, msgs: Vec<Outgoing>) -> Vec<Result<Published, QueueError>> {
+        if let Err(e) = self.check_connected() {
+            return msgs
+                .iter()
+                .map(|_| Err(QueueError::Unavailable(e.to_string())))
+                .collect();
+        }
         let deadline = tokio::time::Instant::now() + self.opts.publish_timeout;
         // Sent one after the other on one connection, so the stream stores them in request
         // order (a later event for the same key wins); the acks are awaited together.

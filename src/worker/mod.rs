@@ -71,6 +71,8 @@ pub struct Ctx<Q, S> {
     pub(crate) batch_size: usize,
     pub(crate) batch_timeout: Duration,
     pub(crate) state: Arc<PoolState>,
+    /// Abort after the first commit, before acking (tests only).
+    pub(crate) crash_after_commit: bool,
 }
 
 impl<Q: Clone, S: Clone> Clone for Ctx<Q, S> {
@@ -85,6 +87,7 @@ impl<Q: Clone, S: Clone> Clone for Ctx<Q, S> {
             batch_size: self.batch_size,
             batch_timeout: self.batch_timeout,
             state: Arc::clone(&self.state),
+            crash_after_commit: self.crash_after_commit,
         }
     }
 }
@@ -122,6 +125,7 @@ impl<Q: Queue, S: Store> WorkerPool<Q, S> {
                 batch_size: args.worker_batch_size.max(1),
                 batch_timeout: args.worker_batch_timeout,
                 state,
+                crash_after_commit: args.failpoint.as_deref() == Some("crash-after-commit"),
             },
             size: args.worker_pool_size.max(1),
         }

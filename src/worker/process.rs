@@ -67,6 +67,10 @@ pub async fn process_batch<Q: Queue, S: Store>(
         .collect();
 
     let store_down = check_registry(ctx, &mut items).await || write_rows(ctx, &mut items).await;
+    if ctx.crash_after_commit && items.iter().any(|i| i.outcome == Some(Outcome::Committed)) {
+        tracing::error!("failpoint crash-after-commit: aborting before the acks");
+        std::process::abort();
+    }
     settle(ctx, items, store_down).await
 }
 

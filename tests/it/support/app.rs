@@ -156,10 +156,10 @@ impl TestEnv {
         }
     }
 
-    /// The real binary with this env's settings and `args` (subcommand first).
-    pub fn command(&self, args: &[&str]) -> Command {
+    /// The real binary: `sub`command, this env's settings, then `extra` (which win).
+    pub fn command(&self, sub: &str, extra: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_nsready"));
-        c.args(args).args(&self.base);
+        c.arg(sub).args(&self.base).args(extra);
         c
     }
 
