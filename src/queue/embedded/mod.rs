@@ -311,7 +311,7 @@ impl Queue for EmbeddedQueue {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let hs = deliveries.iter().map(|d| d.handle.clone()).collect();
+        let hs = deliveries.iter().map(|d| d.handle).collect();
         self.call_done(Op::Touch(hs)).await
     }
 
