@@ -1,1 +1,371 @@
-//! to be written
+//! Wiring: builds a role (serve, collector, worker) for the configured deployment and runs it.
+//!
+//! This and `config.rs` are the only places that know which deployment runs: here the
+//! queue and store implementations are chosen and opened, migrations applied, the worker
+//! pool spawned and the HTTP listener bound. Everything downstream is generic over
+//! `Q: Queue` and `S: Store`. `App::build` binds (port 0 allowed) and reports the real
+//! port; `run_until_stopped` serves until the shutdown handle fires, then drains.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::collector::{self, Collector, HttpSettings};
+use crate::config::{Deployment, Settings};
+use crate::metrics::Metrics;
+use crate::queue::embedded::EmbeddedQueueOptions;
+use crate::queue::jetstream::{self, JetStreamOptions};
+use crate::queue::{EmbeddedQueue, JetStreamQueue, Queue, QueueError};
+use crate::shutdown::Shutdown;
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
+use crate::worker::WorkerPool;
+
+/// Embedded queue file inside DATA_DIR.
+pub const QUEUE_FILE: &str = "queue.db";
+/// Embedded store file inside DATA_DIR.
+pub const STORE_FILE: &str = "nsready.db";
+/// Lock file inside DATA_DIR: one `nsready serve` per directory.
+pub const LOCK_FILE: &str = "nsready.lock";
+
+/// Options of the embedded queue from the settings.
+pub fn embedded_queue_options(settings: &Settings) -> EmbeddedQueueOptions {
+    EmbeddedQueueOptions {
+        max_msgs: settings.embedded.embedded_queue_max_msgs,
+        max_bytes: settings.embedded.embedded_queue_max_bytes,
+        ack_wait: settings.worker.worker_ack_wait,
+        duplicate_window: settings.nats.duplicate_window,
+    }
+}
+
+/// An exclusive lock on DATA_DIR (flock on a lock file), released on drop or process death.
+#[derive(Debug)]
+pub struct DataDirLock {
+    /// Held open: closing the file releases the lock.
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Creates DATA_DIR if needed and takes the lock without waiting.
+    ///
+    /// # Errors
+    /// `Refused` naming the directory when it cannot be created or another process holds it.
+    pub fn acquire(dir: &std::path::Path) -> Result<DataDirLock, AppError> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            AppError::Refused(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
+        })?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                AppError::Refused(format!("DATA_DIR {} is not writable: {e}", dir.display()))
+            })?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(AppError::Refused(format!(
+                "DATA_DIR {} is in use by another nsready process (pid {}); one process owns \
+                 an embedded data directory",
+                dir.display(),
+                holder.trim()
+            )));
+        }
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// Which parts of the service this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Collector and workers in one process (the default; the only role in embedded mode).
+    Serve,
+    /// HTTP ingest only.
+    Collector,
+    /// Workers only (plus health and metrics).
+    Worker,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Collector => "collector",
+            Role::Worker => "worker",
+        }
+    }
+    fn has_collector(self) -> bool {
+        matches!(self, Role::Serve | Role::Collector)
+    }
+    fn has_workers(self) -> bool {
+        matches!(self, Role::Serve | Role::Worker)
+    }
+}
+
+/// Errors while building or running the service.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+type Running = Pin<Box<dyn Future<Output = Result<(), AppError>> + Send>>;
+
+/// A built service, listening, not yet serving.
+pub struct App {
+    port: u16,
+    run: Running,
+}
+
+impl App {
+    /// Opens queue and store for the configured deployment, migrates, binds the listener.
+    ///
+    /// # Errors
+    /// Configuration errors (half-configured deployment, a role the deployment refuses),
+    /// the queue or the store unreachable after the start-up retries, the port taken.
+    pub async fn build(
+        settings: &Settings,
+        role: Role,
+        shutdown: Shutdown,
+    ) -> Result<App, AppError> {
+        match settings.deployment()? {
+            Deployment::Embedded { data_dir } => {
+                if role != Role::Serve {
+                    return Err(AppError::Refused(format!(
+                        "`nsready {}` needs the scale-out deployment: in embedded mode one \
+                         process owns the files in DATA_DIR, so run `nsready serve` (or set \
+                         NATS_URL and DATABASE_URL to run collectors and workers apart)",
+                        role.name()
+                    )));
+                }
+                let lock = DataDirLock::acquire(&data_dir)?;
+                let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+                store.migrate().await?;
+                let queue = EmbeddedQueue::open(
+                    &data_dir.join(QUEUE_FILE),
+                    embedded_queue_options(settings),
+                )?;
+                let mut app = assemble(queue, store, settings, role, shutdown).await?;
+                // The lock lives as long as the service runs.
+                let run = app.run;
+                app.run = Box::pin(async move {
+                    let r = run.await;
+                    drop(lock);
+                    r
+                });
+                Ok(app)
+            }
+            Deployment::ScaleOut { nats_url, pg } => {
+                let client = jetstream::connect(&nats_url, &settings.nats).await?;
+                let mut opts =
+                    JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
+                opts.max_ack_pending = opts.max_ack_pending.max(
+                    (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
+                        as i64,
+                );
+                let queue = JetStreamQueue::provision(client, opts).await?;
+                let store =
+                    PostgresStore::connect(&pg, settings.db.db_pool_size, settings.db.db_timeout)?;
+                if role.has_workers() {
+                    migrate_with_retries(&store, settings).await?;
+                }
+                assemble(queue, store, settings, role, shutdown).await
+            }
+        }
+    }
+
+    /// The port the HTTP listener is bound to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the shutdown handle fires, then drains within SHUTDOWN_TIMEOUT.
+    ///
+    /// # Errors
+    /// The HTTP server failed.
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        self.run.await
+    }
+}
+
+/// Applies migrations, retrying while the database is unreachable (it may start after us).
+async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Result<(), AppError> {
+    let tries = settings.nats.nats_connect_retries.max(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && attempt < tries => {
+                tracing::warn!(attempt, tries, error = %e, "database not ready; retrying migrations");
+                tokio::time::sleep(settings.nats.nats_connect_delay).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Builds the generic service over a ready queue and store.
+async fn assemble<Q: Queue, S: Store>(
+    queue: Q,
+    store: S,
+    settings: &Settings,
+    role: Role,
+    shutdown: Shutdown,
+) -> Result<App, AppError> {
+    let metrics = Metrics::new();
+    let pool_state = if role.has_workers() {
+        let pool = WorkerPool::new(
+            queue.clone(),
+            store.clone(),
+            metrics.clone(),
+            &settings.worker,
+        );
+        let state = pool.state();
+        pool.spawn(&shutdown);
+        Some(state)
+    } else {
+        None
+    };
+    let http = HttpSettings {
+        max_body: settings.http.ingest_max_body_bytes,
+        max_batch: settings.http.ingest_max_batch_bytes,
+        auth_token: settings.http.ingest_auth_token.clone(),
+        stall_after: settings.worker.stall_after,
+        consumer_name: settings.nats.consumer_name.clone(),
+        role: role.name(),
+    };
+    let state = Collector::new(queue, store, metrics, http, pool_state, shutdown.clone());
+    let router = collector::router(state, role.has_collector());
+    let addr = format!(
+        "{}:{}",
+        settings.http.service_host, settings.http.service_port
+    );
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    tracing::info!(role = role.name(), port, "listening");
+    let deadline = settings.http.shutdown_timeout;
+    let run = Box::pin(serve(listener, router, shutdown, deadline));
+    Ok(App { port, run })
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: Shutdown,
+    deadline: Duration,
+) -> Result<(), AppError> {
+    let token = shutdown.token();
+    // Stops accepting once shutdown fires and finishes in-flight requests (and so their
+    // publishes) before returning.
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .map_err(AppError::Serve)?;
+    tracing::info!("HTTP stopped; waiting for workers to flush their batches");
+    if shutdown.drained(deadline).await {
+        tracing::info!("clean stop");
+    } else {
+        tracing::warn!(
+            timeout_secs = deadline.as_secs(),
+            "SHUTDOWN_TIMEOUT passed before every task finished; unacknowledged messages will be redelivered"
+        );
+    }
+    Ok(())
+}
+
+/// Work that needs the queue and the store of the configured deployment (CLI commands).
+pub trait DeploymentTask: Send {
+    type Output: Send;
+    /// Runs with opened handles.
+    fn run<Q: Queue, S: Store>(
+        self,
+        queue: Q,
+        store: S,
+    ) -> impl Future<Output = Result<Self::Output, AppError>> + Send;
+}
+
+/// Work that needs only the store.
+pub trait StoreTask: Send {
+    type Output: Send;
+    /// Runs with an opened store.
+    fn run<S: Store>(self, store: S)
+    -> impl Future<Output = Result<Self::Output, AppError>> + Send;
+}
+
+/// Opens the configured store (without migrating) and runs `task` with it.
+///
+/// # Errors
+/// The configuration, the store, or the task failed.
+pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T::Output, AppError> {
+    match settings.deployment()? {
+        Deployment::Embedded { data_dir } => {
+            // No lock: SQLite serialises writers itself, so registry commands work while
+            // `nsready serve` runs (and the worker sees imports without a restart).
+            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+            task.run(store).await
+        }
+        Deployment::ScaleOut { pg, .. } => {
+            let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
+            task.run(store).await
+        }
+    }
+}
+
+/// Opens the configured queue and store (without provisioning workers) and runs `task`.
+///
+/// # Errors
+/// The configuration, queue, store, or the task failed.
+pub async fn with_deployment<T: DeploymentTask>(
+    settings: &Settings,
+    task: T,
+) -> Result<T::Output, AppError> {
+    match settings.deployment()? {
+        Deployment::Embedded { data_dir } => {
+            let lock = DataDirLock::acquire(&data_dir).map_err(|e| {
+                AppError::Refused(format!("{e}; stop `nsready serve` first for this command"))
+            })?;
+            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+            store.migrate().await?;
+            let queue =
+                EmbeddedQueue::open(&data_dir.join(QUEUE_FILE), embedded_queue_options(settings))?;
+            let r = task.run(queue, store).await;
+            drop(lock);
+            r
+        }
+        Deployment::ScaleOut { nats_url, pg } => {
+            let client = jetstream::connect(&nats_url, &settings.nats).await?;
+            let opts = JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
+            let queue = JetStreamQueue::provision(client, opts).await?;
+            let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
+            task.run(queue, store).await
+        }
+    }
+}

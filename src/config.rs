@@ -126,7 +126,12 @@ pub struct NatsArgs {
     #[arg(long, env = "NATS_TLS_CA", global = true)]
     pub nats_tls_ca: Option<PathBuf>,
     /// Connection attempts at start before giving up (the seed's 10).
-    #[arg(long, env = "NATS_CONNECT_RETRIES", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "NATS_CONNECT_RETRIES",
+        default_value_t = 10,
+        global = true
+    )]
     pub nats_connect_retries: u32,
     /// Pause between connection attempts at start.
     #[arg(long, env = "NATS_CONNECT_DELAY", default_value = "2", value_parser = parse_duration, global = true)]
@@ -135,22 +140,42 @@ pub struct NatsArgs {
     #[arg(long, env = "STREAM_NAME", default_value = "INGRESS", global = true)]
     pub stream_name: String,
     /// Subject the collector publishes to (the stream's only subject).
-    #[arg(long, env = "QUEUE_SUBJECT", default_value = "ingress.events", global = true)]
+    #[arg(
+        long,
+        env = "QUEUE_SUBJECT",
+        default_value = "ingress.events",
+        global = true
+    )]
     pub queue_subject: String,
     /// Durable pull consumer shared by every worker.
-    #[arg(long, env = "CONSUMER_NAME", default_value = "ingest_workers", global = true)]
+    #[arg(
+        long,
+        env = "CONSUMER_NAME",
+        default_value = "ingest_workers",
+        global = true
+    )]
     pub consumer_name: String,
     /// Stream holding dead letters (limits retention).
     #[arg(long, env = "DLQ_STREAM", default_value = "INGRESS_DLQ", global = true)]
     pub dlq_stream: String,
     /// Subject of dead letters; must lie outside the INGRESS subject.
-    #[arg(long, env = "DLQ_SUBJECT", default_value = "ingress.events.dlq", global = true)]
+    #[arg(
+        long,
+        env = "DLQ_SUBJECT",
+        default_value = "ingress.events.dlq",
+        global = true
+    )]
     pub dlq_subject: String,
     /// Stream replicas (3 in a production cluster).
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, global = true)]
     pub stream_replicas: usize,
     /// Most messages the stream holds; beyond it ingest answers 503 (discard: new).
-    #[arg(long, env = "STREAM_MAX_MSGS", default_value_t = 1_000_000, global = true)]
+    #[arg(
+        long,
+        env = "STREAM_MAX_MSGS",
+        default_value_t = 1_000_000,
+        global = true
+    )]
     pub stream_max_msgs: i64,
     /// Most bytes the stream holds; beyond it ingest answers 503.
     #[arg(long, env = "STREAM_MAX_BYTES", default_value_t = 1 << 30, global = true)]
@@ -208,10 +233,20 @@ pub struct DbArgs {
 #[derive(Args, Clone, Debug)]
 pub struct EmbeddedArgs {
     /// Directory of the embedded queue and store (single-node mode).
-    #[arg(long, env = "DATA_DIR", default_value = "./nsready-data", global = true)]
+    #[arg(
+        long,
+        env = "DATA_DIR",
+        default_value = "./nsready-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Most messages the embedded queue holds before ingest answers 503.
-    #[arg(long, env = "EMBEDDED_QUEUE_MAX_MSGS", default_value_t = 1_000_000, global = true)]
+    #[arg(
+        long,
+        env = "EMBEDDED_QUEUE_MAX_MSGS",
+        default_value_t = 1_000_000,
+        global = true
+    )]
     pub embedded_queue_max_msgs: u64,
     /// Most payload bytes the embedded queue holds before ingest answers 503.
     #[arg(long, env = "EMBEDDED_QUEUE_MAX_BYTES", default_value_t = 1 << 30, global = true)]
@@ -309,7 +344,10 @@ pub enum Deployment {
     /// Embedded durable queue and SQLite store in `data_dir`; one process owns them.
     Embedded { data_dir: PathBuf },
     /// NATS JetStream and PostgreSQL.
-    ScaleOut { nats_url: String, pg: PgConnect },
+    ScaleOut {
+        nats_url: String,
+        pg: Box<PgConnect>,
+    },
 }
 
 /// Resolved PostgreSQL connection parameters.
@@ -331,7 +369,10 @@ impl Settings {
             (None, None) => Ok(Deployment::Embedded {
                 data_dir: self.embedded.data_dir.clone(),
             }),
-            (Some(nats_url), Some(pg)) => Ok(Deployment::ScaleOut { nats_url, pg }),
+            (Some(nats_url), Some(pg)) => Ok(Deployment::ScaleOut {
+                nats_url,
+                pg: Box::new(pg),
+            }),
             (Some(_), None) => Err(ConfigError::HalfConfigured {
                 queue: "external (NATS_URL/NATS_HOST is set)",
                 store: "embedded",

@@ -131,7 +131,11 @@ impl Metrics {
             publish.clone(),
         );
         let rows = Counter::default();
-        registry.register("ingest_rows", "Rows upserted into ingest_events", rows.clone());
+        registry.register(
+            "ingest_rows",
+            "Rows upserted into ingest_events",
+            rows.clone(),
+        );
         let redeliveries = Counter::default();
         registry.register(
             "ingest_redeliveries",

@@ -195,7 +195,10 @@ impl RegistrySnapshot {
         let Some(device) = self.devices.get(&event.device_id()) else {
             return Err(CheckFailure {
                 error_type: "device_not_found",
-                reason: format!("device_id: device {} is not in the registry", event.device_id()),
+                reason: format!(
+                    "device_id: device {} is not in the registry",
+                    event.device_id()
+                ),
             });
         };
         if device.status != "active" {
@@ -320,8 +323,7 @@ impl<S: Store> RegistryCache<S> {
         }
         let snap = self.current();
         let mut results: Vec<_> = events.iter().map(|e| snap.check(e, self.mode)).collect();
-        if results.iter().any(Result::is_err) && self.age().is_some_and(|a| a >= MISS_REFRESH_MIN)
-        {
+        if results.iter().any(Result::is_err) && self.age().is_some_and(|a| a >= MISS_REFRESH_MIN) {
             self.refresh().await?;
             let snap = self.current();
             for (r, e) in results.iter_mut().zip(events) {

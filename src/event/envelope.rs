@@ -1,3 +1,157 @@
 //! The queue message body: `{"trace_id":..,"event":{..},"config_version":..}` (the seed's
 //! format). Encoded by the collector, decoded and fully re-checked by the worker, since
 //! other producers may publish straight to the subject.
+//!
+//! Also the queue's dedupe id ([`message_id`]): a hash of the event's canonical JSON, so a
+//! client's identical retry maps to the same `Nats-Msg-Id` whatever its key order or spacing.
+
+use std::fmt;
+use std::io;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::NormalizedEvent;
+use super::canonical::Canonical;
+use super::parse;
+
+/// `error_type` of a message that is not JSON (or not UTF-8).
+pub const JSON_DECODE: &str = "json_decode";
+/// `error_type` of JSON that is neither an envelope with an `event` object nor a bare event.
+pub const INVALID_FORMAT: &str = "invalid_format";
+/// `error_type` of an event that breaks a rule of the event model.
+pub const VALIDATION_ERROR: &str = "validation_error";
+
+/// Why a queue message cannot be processed (permanent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    pub error_type: &'static str,
+    pub reason: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.reason)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A decoded queue message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    pub trace_id: Option<String>,
+    pub event: NormalizedEvent,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    trace_id: &'a str,
+    event: Canonical<'a>,
+    config_version: Option<&'a str>,
+}
+
+/// `{"trace_id":"..","event":{..},"config_version":..}` (seed format; `config_version` is the
+/// event's, or null). The event is in its canonical form.
+pub fn encode(trace_id: &str, event: &NormalizedEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(320 + 128 * event.metrics.len());
+    serde_json::to_writer(
+        &mut out,
+        &Envelope {
+            trace_id,
+            event: Canonical(event),
+            config_version: event.config_version.as_deref(),
+        },
+    )
+    .expect("an envelope serializes: writing to a Vec cannot fail and every key is a string");
+    out
+}
+
+/// Keys that mark an object without an `event` key as a bare event rather than junk.
+const EVENT_KEYS: &[&str] = &[
+    "project_id",
+    "site_id",
+    "device_id",
+    "protocol",
+    "source_timestamp",
+    "metrics",
+];
+
+/// Accepts the envelope, or a bare event object (one without an `event` key) published by
+/// another producer. A string `trace_id` beside the event is kept; any other is ignored.
+///
+/// # Errors
+/// `error_type` is `json_decode` for non-JSON or invalid UTF-8, `invalid_format` when the
+/// message is not an object, or has an `event` that is not an object, or has neither `event`
+/// nor any event field; `validation_error` when the event breaks a rule (the reason is
+/// [`super::Rejection::detail`]).
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    if parse::is_blank(bytes) {
+        return Err(DecodeError {
+            error_type: JSON_DECODE,
+            reason: "message body is empty".to_owned(),
+        });
+    }
+    let value = parse::json_value(bytes, 0).map_err(|reason| DecodeError {
+        error_type: JSON_DECODE,
+        reason,
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(invalid_format("message must be a JSON object"));
+    };
+    let trace_id = match map.get_mut("trace_id") {
+        Some(Value::String(s)) => Some(std::mem::take(s)),
+        _ => None,
+    };
+    let event = match map.remove("event") {
+        Some(event @ Value::Object(_)) => event,
+        Some(_) => {
+            return Err(invalid_format(
+                "envelope field \"event\" must be a JSON object",
+            ));
+        }
+        None if EVENT_KEYS.iter().any(|k| map.contains_key(*k)) => Value::Object(map),
+        None => {
+            return Err(invalid_format(
+                "message is neither an envelope with an \"event\" object nor an event",
+            ));
+        }
+    };
+    let event = NormalizedEvent::from_owned_value(event).map_err(|rejection| DecodeError {
+        error_type: VALIDATION_ERROR,
+        reason: rejection.detail(),
+    })?;
+    Ok(Decoded { trace_id, event })
+}
+
+fn invalid_format(reason: &str) -> DecodeError {
+    DecodeError {
+        error_type: INVALID_FORMAT,
+        reason: reason.to_owned(),
+    }
+}
+
+/// Feeds serialized bytes straight into the hash.
+struct HashWriter(Sha256);
+
+impl io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Deduplication id for the queue (`Nats-Msg-Id`): the first 32 hex characters of the
+/// SHA-256 of the event's canonical JSON. Identical retries get the same id; any difference
+/// in content gives another.
+pub fn message_id(event: &NormalizedEvent) -> String {
+    let mut hasher = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut hasher, &Canonical(event))
+        .expect("an event serializes: the hash writer cannot fail and every key is a string");
+    let digest = hasher.0.finalize();
+    hex::encode(&digest[..16])
+}

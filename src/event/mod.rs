@@ -4,12 +4,31 @@
 //! The collector and the worker call the same [`NormalizedEvent::parse`]; the queue envelope
 //! (`{"trace_id":..,"event":{..},"config_version":..}`) lives in [`envelope`]. Registry checks
 //! (does the device exist?) are not here: they belong to the worker.
+//!
+//! Rule choices beyond the contract (each has a test in `tests.rs`):
+//! - `protocol` is stored trimmed; `parameter_key` is stored as sent (but may not be blank).
+//! - `quality` accepts a number with a zero fraction (`192.0`); `192.5` is refused.
+//! - `null` counts as absent for every optional field (`value`, `quality`, `attributes`,
+//!   `config_version`, `event_id`, `metadata`); for a required field it is a type error.
+//! - Timestamps need a four-digit year; `T`, `t` or a space may separate date and time.
+//! - Errors come in the schema's field order (the order of DESIGN.md §4), metrics by index;
+//!   at most [`MAX_REPORTED_ERRORS`] are listed per event, the rest only counted.
 
+mod batch;
+mod canonical;
 pub mod envelope;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
+
+pub use batch::MAX_BATCH_EVENTS;
+pub use parse::{MAX_PARAMETER_KEY_CHARS, MAX_REPORTED_ERRORS};
 
 /// Most metrics one event may carry.
 pub const MAX_METRICS: usize = 10_000;
@@ -33,6 +52,8 @@ pub struct FieldError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     errors: Vec<FieldError>,
+    /// Errors found beyond those listed (see [`MAX_REPORTED_ERRORS`]).
+    omitted: usize,
 }
 
 /// A valid telemetry event. Every field was checked by `parse`.
@@ -70,19 +91,68 @@ pub enum BatchFormat {
 impl Rejection {
     /// A rejection with these errors (at least one).
     pub fn new(errors: Vec<FieldError>) -> Self {
-        Rejection { errors }
+        Rejection { errors, omitted: 0 }
     }
 
-    /// Every problem found.
+    /// The problems found, in document order (at most [`MAX_REPORTED_ERRORS`] when built by
+    /// the parser).
     pub fn errors(&self) -> &[FieldError] {
         &self.errors
     }
 
     /// One sentence naming the first problem's field and rule, and how many more there are.
     pub fn detail(&self) -> String {
-        todo!("helper: e.g. `metrics[0].quality: must be an integer between 0 and 255 (and 2 more errors)`")
+        let Some(first) = self.errors.first() else {
+            return "the input is invalid".to_owned();
+        };
+        let mut out = path_of(&first.loc);
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&first.msg);
+        match self.error_count() - 1 {
+            0 => {}
+            1 => out.push_str(" (and 1 more error)"),
+            n => out.push_str(&format!(" (and {n} more errors)")),
+        }
+        out
+    }
+
+    /// How many problems were found, including any not listed in [`Rejection::errors`].
+    pub fn error_count(&self) -> usize {
+        self.errors.len() + self.omitted
     }
 }
+
+/// `metrics[0].quality` for `["metrics",0,"quality"]`.
+fn path_of(loc: &[Loc]) -> String {
+    let mut out = String::new();
+    for part in loc {
+        match part {
+            Loc::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Loc::Index(i) => {
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
+            }
+        }
+    }
+    out
+}
+
+impl fmt::Display for Rejection {
+    /// Same as [`Rejection::detail`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail())
+    }
+}
+
+impl std::error::Error for Rejection {}
 
 impl NormalizedEvent {
     /// Parses one event from JSON bytes.
@@ -91,8 +161,11 @@ impl NormalizedEvent {
     /// Every violation found: malformed JSON, missing or mistyped fields, bad UUIDs or
     /// timestamps, quality outside 0..=255, empty metrics, empty protocol or parameter key.
     pub fn parse(bytes: &[u8]) -> Result<NormalizedEvent, Rejection> {
-        let _ = bytes;
-        todo!("helper")
+        if parse::is_blank(bytes) {
+            return Err(parse::body_rejection(parse::MSG_EMPTY_BODY));
+        }
+        let value = parse::json_value(bytes, 0).map_err(parse::body_rejection)?;
+        parse::event_from_owned(value)
     }
 
     /// Parses one event from an already-decoded JSON value.
@@ -100,14 +173,30 @@ impl NormalizedEvent {
     /// # Errors
     /// As [`NormalizedEvent::parse`], without the JSON syntax errors.
     pub fn from_value(value: &serde_json::Value) -> Result<NormalizedEvent, Rejection> {
-        let _ = value;
-        todo!("helper")
+        if !value.is_object() {
+            return Err(parse::body_rejection(parse::MSG_BODY_OBJECT));
+        }
+        parse::event_from_owned(value.clone())
+    }
+
+    /// As [`NormalizedEvent::from_value`], consuming the value (no copies).
+    ///
+    /// # Errors
+    /// As [`NormalizedEvent::from_value`].
+    pub fn from_owned_value(value: serde_json::Value) -> Result<NormalizedEvent, Rejection> {
+        parse::event_from_owned(value)
     }
 
     /// The canonical JSON form (what the queue carries; `parse` of it gives back an equal
     /// event).
+    ///
+    /// `from_value(&e.to_value())` is always exact. Through JSON text, readings as devices
+    /// send them (a few decimals) come back exactly too; an extreme float (e.g. `2.45e-244`)
+    /// may come back one unit in the last place off, since serde_json parses floats without
+    /// its `float_roundtrip` feature.
     pub fn to_value(&self) -> serde_json::Value {
-        todo!("helper")
+        serde_json::to_value(canonical::Canonical(self))
+            .expect("an event serializes: all map keys are strings and every number is finite")
     }
 
     pub fn project_id(&self) -> Uuid {
@@ -165,6 +254,8 @@ pub fn parse_batch(
     body: &[u8],
     format: BatchFormat,
 ) -> Result<Vec<Result<NormalizedEvent, Rejection>>, Rejection> {
-    let _ = (body, format);
-    todo!("helper")
+    match format {
+        BatchFormat::JsonArray => batch::json_array(body),
+        BatchFormat::Ndjson => batch::ndjson(body),
+    }
 }

@@ -1,5 +1,609 @@
-//! JetStream queue: to be written.
+//! The queue on NATS JetStream (scale-out deployment).
+//!
+//! Owns the connection (retried at start, reconnected forever afterwards), provisions the
+//! `INGRESS` work-queue stream, the durable pull consumer `ingest_workers` and the DLQ
+//! stream (reporting drift from the wanted settings), and implements [`Queue`]:
+//! publish waits for JetStream's ack; fetch pulls a batch; NAK carries a delay; a dead
+//! letter is published to the DLQ stream with an idempotent id *before* the original is
+//! acknowledged. The consumer has no `max_deliver`: the worker, not the server, decides
+//! when a message is dead (DESIGN.md §3.4).
 
-/// JetStream queue.
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer, context::Publish, stream};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::future::join_all;
+
+use super::{
+    DeadLetter, DeadLetterReason, Delivery, Outgoing, Published, Queue, QueueError, QueueStats,
+};
+use crate::config::NatsArgs;
+
+/// Header carrying the trace id from collector to worker and into the DLQ.
+pub const TRACE_ID: &str = "Nsready-Trace-Id";
+const REASON: &str = "Nsready-Reason";
+const ERROR_TYPE: &str = "Nsready-Error-Type";
+const DELIVERED: &str = "Nsready-Delivered";
+const ORIGINAL_SEQ: &str = "Nsready-Original-Seq";
+const DEAD_AT: &str = "Nsready-Dead-At";
+
+/// Settings of the stream, consumer and DLQ, taken from the configuration.
 #[derive(Clone, Debug)]
-pub struct JetStreamQueue;
+pub struct JetStreamOptions {
+    pub stream: String,
+    pub subject: String,
+    pub consumer: String,
+    pub dlq_stream: String,
+    pub dlq_subject: String,
+    pub replicas: usize,
+    pub max_msgs: i64,
+    pub max_bytes: i64,
+    pub max_age: Duration,
+    pub duplicate_window: Duration,
+    pub ack_wait: Duration,
+    /// Most unacknowledged messages over all workers; must exceed pool × batch × processes.
+    pub max_ack_pending: i64,
+    pub publish_timeout: Duration,
+}
+
+impl JetStreamOptions {
+    /// From the NATS settings plus the worker's ack wait.
+    pub fn from_args(n: &NatsArgs, ack_wait: Duration) -> Self {
+        JetStreamOptions {
+            stream: n.stream_name.clone(),
+            subject: n.queue_subject.clone(),
+            consumer: n.consumer_name.clone(),
+            dlq_stream: n.dlq_stream.clone(),
+            dlq_subject: n.dlq_subject.clone(),
+            replicas: n.stream_replicas.max(1),
+            max_msgs: n.stream_max_msgs,
+            max_bytes: n.stream_max_bytes,
+            max_age: n.stream_max_age,
+            duplicate_window: n.duplicate_window,
+            ack_wait,
+            max_ack_pending: 100_000,
+            publish_timeout: n.publish_timeout,
+        }
+    }
+}
+
+/// The JetStream queue. Cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    opts: JetStreamOptions,
+}
+
+impl std::fmt::Debug for JetStreamQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamQueue")
+            .field("stream", &self.opts.stream)
+            .finish()
+    }
+}
+
+/// Connects with the seed's retry policy (tries × delay), then reconnects forever.
+///
+/// # Errors
+/// `Unavailable` after the last try; `Setup` for unreadable credentials.
+pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, QueueError> {
+    let tries = n.nats_connect_retries.max(1);
+    let mut last = String::new();
+    for attempt in 1..=tries {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name("nsready")
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|ev| async move {
+                tracing::info!(event = %ev, "nats connection event");
+            });
+        if let (Some(user), Some(pw)) = (&n.nats_user, &n.nats_password) {
+            opts = opts.user_and_password(user.clone(), pw.expose().to_string());
+        }
+        if let Some(token) = &n.nats_token {
+            opts = opts.token(token.expose().to_string());
+        }
+        if let Some(creds) = &n.nats_creds {
+            opts = opts.credentials_file(creds).await.map_err(|e| {
+                QueueError::Setup(format!("cannot read NATS_CREDS {}: {e}", creds.display()))
+            })?;
+        }
+        if n.nats_tls {
+            opts = opts.require_tls(true);
+        }
+        if let Some(ca) = &n.nats_tls_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        match opts.connect(url).await {
+            Ok(client) => {
+                tracing::info!(url, "connected to NATS");
+                return Ok(client);
+            }
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(url, attempt, tries, error = %e, "NATS connection attempt failed");
+                if attempt < tries {
+                    tokio::time::sleep(n.nats_connect_delay).await;
+                }
+            }
+        }
+    }
+    Err(QueueError::Unavailable(format!(
+        "cannot connect to NATS at {url} after {tries} attempts: {last}"
+    )))
+}
+
+impl JetStreamQueue {
+    /// Creates or verifies the stream, the DLQ stream and the consumer.
+    ///
+    /// # Errors
+    /// `Setup` when JetStream refuses (not enabled, incompatible existing stream).
+    pub async fn provision(
+        client: async_nats::Client,
+        opts: JetStreamOptions,
+    ) -> Result<Self, QueueError> {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(opts.publish_timeout);
+        let want = stream::Config {
+            name: opts.stream.clone(),
+            subjects: vec![opts.subject.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_age: opts.max_age,
+            max_messages: opts.max_msgs,
+            max_bytes: opts.max_bytes,
+            num_replicas: opts.replicas,
+            duplicate_window: opts.duplicate_window,
+            ..Default::default()
+        };
+        let stream = ensure_stream(&js, want).await?;
+        // The DLQ keeps everything (limits retention, no age limit) and refuses new letters
+        // when full rather than dropping old ones: a refused dead letter leaves the original
+        // in INGRESS, so nothing is lost.
+        let dlq = stream::Config {
+            name: opts.dlq_stream.clone(),
+            subjects: vec![opts.dlq_subject.clone()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_messages: opts.max_msgs,
+            max_bytes: opts.max_bytes,
+            num_replicas: opts.replicas,
+            duplicate_window: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        };
+        ensure_stream(&js, dlq).await?;
+        let want = consumer::pull::Config {
+            durable_name: Some(opts.consumer.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: opts.ack_wait,
+            // No server-side limit: the worker decides when a message is dead, and never for
+            // infrastructure failures (DESIGN.md §3.4).
+            max_deliver: -1,
+            max_ack_pending: opts.max_ack_pending,
+            max_waiting: 512,
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(&opts.consumer, want.clone())
+            .await
+            .map_err(|e| QueueError::Setup(format!("consumer {}: {e}", opts.consumer)))?;
+        let have = &consumer.cached_info().config;
+        let mut drift = Vec::new();
+        if have.ack_wait != want.ack_wait {
+            drift.push(format!(
+                "ack_wait {:?} (want {:?})",
+                have.ack_wait, want.ack_wait
+            ));
+        }
+        if have.max_deliver != want.max_deliver {
+            drift.push(format!("max_deliver {} (want -1)", have.max_deliver));
+        }
+        if have.max_ack_pending < want.max_ack_pending {
+            drift.push(format!(
+                "max_ack_pending {} (want {})",
+                have.max_ack_pending, want.max_ack_pending
+            ));
+        }
+        if have.ack_policy != consumer::AckPolicy::Explicit {
+            drift.push("ack_policy is not explicit".to_string());
+        }
+        if !drift.is_empty() {
+            tracing::warn!(consumer = %opts.consumer, drift = %drift.join(", "),
+                "consumer configuration drifted; trying to update it");
+            if let Err(e) = stream.update_consumer(want).await {
+                tracing::error!(consumer = %opts.consumer, error = %e,
+                    "consumer configuration could not be updated; delete and recreate it to apply");
+            }
+        }
+        Ok(JetStreamQueue {
+            client,
+            js,
+            consumer,
+            opts,
+        })
+    }
+
+    /// True while the client holds a connection to a server.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn outgoing_publish(&self, msg: Outgoing) -> Publish {
+        Publish::build()
+            .payload(msg.payload)
+            .message_id(&msg.msg_id)
+            .header(TRACE_ID, msg.trace_id.as_str())
+    }
+
+    /// Sends one publish and waits for its ack, all bounded by the publish timeout.
+    async fn publish_one(&self, msg: Outgoing) -> Result<Published, QueueError> {
+        let publish = self.outgoing_publish(msg);
+        let subject = self.opts.subject.clone();
+        let fut = async {
+            let ack = self
+                .js
+                .send_publish(subject, publish)
+                .await
+                .map_err(publish_error)?;
+            ack.await.map_err(publish_error)
+        };
+        match tokio::time::timeout(self.opts.publish_timeout, fut).await {
+            Ok(Ok(ack)) => Ok(Published {
+                seq: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timeout_error()),
+        }
+    }
+}
+
+/// Creates the stream, or checks an existing one against the wanted settings and updates it
+/// where JetStream allows.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Stream, QueueError> {
+    let name = want.name.clone();
+    let mut s = js
+        .get_or_create_stream(want.clone())
+        .await
+        .map_err(|e| QueueError::Setup(format!("stream {name}: {e}")))?;
+    let have = s
+        .info()
+        .await
+        .map_err(|e| QueueError::Setup(format!("stream {name}: {e}")))?
+        .config
+        .clone();
+    let mut drift = Vec::new();
+    if have.subjects != want.subjects {
+        drift.push(format!(
+            "subjects {:?} (want {:?})",
+            have.subjects, want.subjects
+        ));
+    }
+    if have.retention != want.retention {
+        drift.push(format!(
+            "retention {:?} (want {:?})",
+            have.retention, want.retention
+        ));
+    }
+    if have.storage != want.storage {
+        drift.push(format!(
+            "storage {:?} (want {:?})",
+            have.storage, want.storage
+        ));
+    }
+    if have.discard != want.discard {
+        drift.push(format!(
+            "discard {:?} (want {:?})",
+            have.discard, want.discard
+        ));
+    }
+    if have.max_messages != want.max_messages
+        || have.max_bytes != want.max_bytes
+        || have.max_age != want.max_age
+    {
+        drift.push(format!(
+            "limits msgs={} bytes={} age={:?} (want {} / {} / {:?})",
+            have.max_messages,
+            have.max_bytes,
+            have.max_age,
+            want.max_messages,
+            want.max_bytes,
+            want.max_age
+        ));
+    }
+    if have.num_replicas != want.num_replicas {
+        drift.push(format!(
+            "replicas {} (want {})",
+            have.num_replicas, want.num_replicas
+        ));
+    }
+    if have.duplicate_window != want.duplicate_window {
+        drift.push(format!(
+            "duplicate_window {:?} (want {:?})",
+            have.duplicate_window, want.duplicate_window
+        ));
+    }
+    if !drift.is_empty() {
+        tracing::warn!(stream = %name, drift = %drift.join(", "), "stream configuration drifted; updating");
+        match js.update_stream(want).await {
+            Ok(_) => tracing::info!(stream = %name, "stream configuration updated"),
+            Err(e) => tracing::error!(stream = %name, error = %e,
+                "stream configuration could not be updated (JetStream does not allow changing \
+                 retention or storage in place); running with the existing settings"),
+        }
+    }
+    Ok(s)
+}
+
+/// Maps a publish failure: storage limits mean full, everything else unavailable.
+fn publish_error(e: impl std::fmt::Display) -> QueueError {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("maximum") || lower.contains("exceeded") || lower.contains("resource") {
+        QueueError::Full
+    } else {
+        QueueError::Unavailable(text)
+    }
+}
+
+fn timeout_error() -> QueueError {
+    QueueError::Unavailable("no acknowledgement from JetStream within PUBLISH_TIMEOUT".into())
+}
+
+fn nats_err(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn to_chrono(t: time::OffsetDateTime) -> Option<DateTime<Utc>> {
+    i64::try_from(t.unix_timestamp_nanos())
+        .ok()
+        .map(DateTime::from_timestamp_nanos)
+}
+
+fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
+    h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
+}
+
+/// Header values cannot hold line breaks.
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+impl Queue for JetStreamQueue {
+    type Handle = jetstream::Message;
+
+    async fn publish(&self, msg: Outgoing) -> Result<Published, QueueError> {
+        self.publish_one(msg).await
+    }
+
+    async fn publish_many(&self, msgs: Vec<Outgoing>) -> Vec<Result<Published, QueueError>> {
+        let deadline = tokio::time::Instant::now() + self.opts.publish_timeout;
+        // Sent one after the other on one connection, so the stream stores them in request
+        // order (a later event for the same key wins); the acks are awaited together.
+        let mut pending = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let publish = self.outgoing_publish(m);
+            let sent = tokio::time::timeout_at(
+                deadline,
+                self.js.send_publish(self.opts.subject.clone(), publish),
+            )
+            .await;
+            pending.push(sent);
+        }
+        join_all(pending.into_iter().map(|sent| async move {
+            let ack = match sent {
+                Ok(Ok(ack)) => ack,
+                Ok(Err(e)) => return Err(publish_error(e)),
+                Err(_) => return Err(timeout_error()),
+            };
+            match tokio::time::timeout_at(deadline, ack).await {
+                Ok(Ok(a)) => Ok(Published {
+                    seq: a.sequence,
+                    duplicate: a.duplicate,
+                }),
+                Ok(Err(e)) => Err(publish_error(e)),
+                Err(_) => Err(timeout_error()),
+            }
+        }))
+        .await
+    }
+
+    async fn fetch(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery<Self::Handle>>, QueueError> {
+        let mut batch = self
+            .consumer
+            .batch()
+            .max_messages(max)
+            .expires(wait.max(Duration::from_millis(10)))
+            .messages()
+            .await
+            .map_err(nats_err)?;
+        let mut out = Vec::with_capacity(max);
+        // The request ends after `max` messages or at `expires`; bound the wait ourselves
+        // too, in case the server goes away mid-request.
+        let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(2);
+        loop {
+            let next = tokio::time::timeout_at(deadline, batch.next()).await;
+            let msg = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    if out.is_empty() {
+                        return Err(nats_err(e));
+                    }
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            };
+            let (seq, delivered, published_at) = match msg.info() {
+                Ok(i) => (
+                    i.stream_sequence,
+                    u64::try_from(i.delivered).unwrap_or(1),
+                    to_chrono(i.published),
+                ),
+                Err(_) => (0, 1, None),
+            };
+            out.push(Delivery {
+                payload: msg.payload.clone(),
+                seq,
+                delivered,
+                trace_id: header(msg.headers.as_ref(), TRACE_ID),
+                published_at,
+                handle: msg,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, deliveries: Vec<Delivery<Self::Handle>>) -> Result<(), QueueError> {
+        for d in &deliveries {
+            d.handle.ack().await.map_err(nats_err)?;
+        }
+        // Acks are fire-and-forget publishes; flushing makes sure they left this process.
+        self.client.flush().await.map_err(nats_err)
+    }
+
+    async fn nak(
+        &self,
+        deliveries: Vec<Delivery<Self::Handle>>,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        for d in &deliveries {
+            d.handle
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(nats_err)?;
+        }
+        self.client.flush().await.map_err(nats_err)
+    }
+
+    async fn in_progress(&self, deliveries: &[&Delivery<Self::Handle>]) -> Result<(), QueueError> {
+        for d in deliveries {
+            d.handle
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(nats_err)?;
+        }
+        self.client.flush().await.map_err(nats_err)
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: Delivery<Self::Handle>,
+        reason: &DeadLetterReason,
+    ) -> Result<(), QueueError> {
+        let mut publish = Publish::build()
+            .payload(delivery.payload.clone())
+            // Idempotent: a retry after a crash between publish and ack is stored once.
+            .message_id(format!("dlq:{}:{}", self.opts.stream, delivery.seq))
+            .header(REASON, one_line(&reason.reason).as_str())
+            .header(ERROR_TYPE, reason.error_type)
+            .header(DELIVERED, delivery.delivered.to_string().as_str())
+            .header(ORIGINAL_SEQ, delivery.seq.to_string().as_str())
+            .header(DEAD_AT, Utc::now().to_rfc3339().as_str());
+        if let Some(t) = &delivery.trace_id {
+            publish = publish.header(TRACE_ID, t.as_str());
+        }
+        let fut = async {
+            let ack = self
+                .js
+                .send_publish(self.opts.dlq_subject.clone(), publish)
+                .await
+                .map_err(publish_error)?;
+            ack.await.map_err(publish_error)
+        };
+        tokio::time::timeout(self.opts.publish_timeout, fut)
+            .await
+            .map_err(|_| QueueError::Unavailable("DLQ publish timed out".into()))??;
+        // Only now remove the original: the dead letter is durable.
+        delivery.handle.ack().await.map_err(nats_err)?;
+        self.client.flush().await.map_err(nats_err)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let stream = self
+            .js
+            .get_stream(&self.opts.stream)
+            .await
+            .map_err(nats_err)?;
+        let info = stream
+            .consumer_info(&self.opts.consumer)
+            .await
+            .map_err(nats_err)?;
+        let dlq = self
+            .js
+            .get_stream(&self.opts.dlq_stream)
+            .await
+            .map_err(nats_err)?;
+        Ok(QueueStats {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            waiting_pulls: info.num_waiting as u64,
+            dlq_depth: dlq.cached_info().state.messages,
+        })
+    }
+
+    async fn dlq_list(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let stream = self
+            .js
+            .get_stream(&self.opts.dlq_stream)
+            .await
+            .map_err(nats_err)?;
+        let state = stream.cached_info().state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return Ok(out);
+        }
+        let mut seq = from.max(state.first_sequence).max(1);
+        while seq <= state.last_sequence && out.len() < limit {
+            match stream.get_raw_message(seq).await {
+                Ok(m) => out.push(DeadLetter {
+                    seq: m.sequence,
+                    original_seq: header(Some(&m.headers), ORIGINAL_SEQ)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    error_type: header(Some(&m.headers), ERROR_TYPE).unwrap_or_default(),
+                    reason: header(Some(&m.headers), REASON).unwrap_or_default(),
+                    delivered: header(Some(&m.headers), DELIVERED)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    trace_id: header(Some(&m.headers), TRACE_ID),
+                    time: to_chrono(m.time),
+                    payload: m.payload,
+                }),
+                // Deleted (replayed or purged) sequences leave gaps.
+                Err(e) if e.to_string().to_ascii_lowercase().contains("not found") => {}
+                Err(e) => return Err(nats_err(e)),
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    async fn dlq_remove(&self, seq: u64) -> Result<(), QueueError> {
+        let stream = self
+            .js
+            .get_stream(&self.opts.dlq_stream)
+            .await
+            .map_err(nats_err)?;
+        match stream.delete_message(seq).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().to_ascii_lowercase().contains("not found") => {
+                Err(QueueError::NotFound(seq))
+            }
+            Err(e) => Err(nats_err(e)),
+        }
+    }
+}

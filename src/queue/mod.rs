@@ -133,10 +133,7 @@ pub trait Queue: Clone + Send + Sync + 'static {
 
     /// Publishes and waits (bounded by the publish timeout) until the queue has stored the
     /// message durably.
-    fn publish(
-        &self,
-        msg: Outgoing,
-    ) -> impl Future<Output = Result<Published, QueueError>> + Send;
+    fn publish(&self, msg: Outgoing) -> impl Future<Output = Result<Published, QueueError>> + Send;
 
     /// Publishes many messages with their acknowledgements in flight together; one result
     /// per message, in order.
@@ -168,7 +165,7 @@ pub trait Queue: Clone + Send + Sync + 'static {
     /// Tells the queue these messages are still being worked on (resets the ack wait).
     fn in_progress(
         &self,
-        deliveries: &[Delivery<Self::Handle>],
+        deliveries: &[&Delivery<Self::Handle>],
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Stores the message in the DLQ with its reason (idempotently, keyed by its original

@@ -202,8 +202,10 @@ fn copy_error(e: &QueueError) -> QueueError {
     }
 }
 
-fn handles(deliveries: &[Delivery<EmbeddedHandle>]) -> Vec<EmbeddedHandle> {
-    deliveries.iter().map(|d| d.handle).collect()
+fn handles<'a>(
+    deliveries: impl IntoIterator<Item = &'a Delivery<EmbeddedHandle>>,
+) -> Vec<EmbeddedHandle> {
+    deliveries.into_iter().map(|d| d.handle).collect()
 }
 
 impl Queue for EmbeddedQueue {
@@ -306,11 +308,15 @@ impl Queue for EmbeddedQueue {
         .await
     }
 
-    async fn in_progress(&self, deliveries: &[Delivery<EmbeddedHandle>]) -> Result<(), QueueError> {
+    async fn in_progress(
+        &self,
+        deliveries: &[&Delivery<EmbeddedHandle>],
+    ) -> Result<(), QueueError> {
         if deliveries.is_empty() {
             return Ok(());
         }
-        self.call_done(Op::Touch(handles(deliveries))).await
+        self.call_done(Op::Touch(handles(deliveries.iter().copied())))
+            .await
     }
 
     async fn dead_letter(

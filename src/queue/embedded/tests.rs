@@ -174,7 +174,7 @@ async fn in_progress_extends_the_lease() -> TestResult {
     q.publish(msg("a")).await?;
     let got = q.fetch(1, WAIT).await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    q.in_progress(&got).await?;
+    q.in_progress(&got.iter().collect::<Vec<_>>()).await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Past the original 2 s lease, inside the renewed one: still leased.
     assert!(q.fetch(1, Duration::ZERO).await?.is_empty());

@@ -1,0 +1,87 @@
+//! The command line: one clap enum, one module with `run()` per group of subcommands.
+//!
+//! Settings (flags and environment) are global so every subcommand sees the same names;
+//! `anyhow` is used here and in `main.rs` only.
+
+mod dlq;
+mod registry;
+mod serve;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nsready::config::Settings;
+
+/// nsready: device telemetry over HTTP, through a durable queue, into a time-series table.
+///
+/// With nothing configured it runs on one machine (embedded queue and store in DATA_DIR).
+/// Set NATS_URL and DATABASE_URL to run on NATS JetStream and PostgreSQL instead.
+#[derive(Parser, Debug)]
+#[command(name = "nsready", version, about, long_about = None, args_override_self = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the collector and the worker pool in one process.
+    Serve {
+        /// Load the demo registry first and print a curl command that works as printed.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Run the HTTP collector only (scale-out deployment).
+    Collector,
+    /// Run the worker pool only (scale-out deployment).
+    Worker,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Show the service's health (queue depth, consumer, DLQ, database); exit 0 healthy,
+    /// 1 warning, 2 critical.
+    Status(status::StatusArgs),
+    /// Inspect, replay or purge dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Load, list or export the registry (customers, projects, sites, devices, parameters).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Show the newest value of each device parameter (v_scada_latest).
+    Latest {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<uuid::Uuid>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let s = cli.settings;
+    match cli.command {
+        Command::Serve { demo } => serve::run(&s, nsready::app::Role::Serve, demo).await,
+        Command::Collector => serve::run(&s, nsready::app::Role::Collector, false).await,
+        Command::Worker => serve::run(&s, nsready::app::Role::Worker, false).await,
+        Command::Migrate => registry::migrate(&s).await,
+        Command::Status(args) => status::run(&s, args).await,
+        Command::Dlq(cmd) => dlq::run(&s, cmd).await,
+        Command::Registry(cmd) => registry::run(&s, cmd).await,
+        Command::Latest { device, json } => registry::latest(&s, device, json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,195 @@
+//! `nsready registry (import|demo|list|export)`, `nsready migrate`, `nsready latest`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use nsready::app::{AppError, StoreTask, with_store};
+use nsready::config::Settings;
+use nsready::registry::{ImportReport, RegistryDoc, demo};
+use nsready::store::Store;
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCommand {
+    /// Load customers, projects, sites, devices and parameter templates from a JSON file
+    /// (idempotent: rows are matched by id, templates by key).
+    Import {
+        /// The file (format: the output of `registry export`).
+        file: PathBuf,
+    },
+    /// Load the platform's demo registry (10 customers, 20 devices, 3 parameters).
+    Demo,
+    /// Show the registry.
+    List {
+        /// Print the import format as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the registry in the import format (to a file, or stdout).
+    Export {
+        /// Output file; stdout when absent.
+        file: Option<PathBuf>,
+    },
+}
+
+struct Migrate;
+impl StoreTask for Migrate {
+    type Output = ();
+    async fn run<S: Store>(self, store: S) -> Result<(), AppError> {
+        store.migrate().await?;
+        Ok(())
+    }
+}
+
+struct Import(RegistryDoc);
+impl StoreTask for Import {
+    type Output = ImportReport;
+    async fn run<S: Store>(self, store: S) -> Result<ImportReport, AppError> {
+        store.migrate().await?;
+        Ok(store.import_registry(&self.0).await?)
+    }
+}
+
+struct Export;
+impl StoreTask for Export {
+    type Output = RegistryDoc;
+    async fn run<S: Store>(self, store: S) -> Result<RegistryDoc, AppError> {
+        store.migrate().await?;
+        Ok(store.export_registry().await?)
+    }
+}
+
+struct Latest(Option<uuid::Uuid>);
+impl StoreTask for Latest {
+    type Output = Vec<nsready::store::LatestValue>;
+    async fn run<S: Store>(self, store: S) -> Result<Self::Output, AppError> {
+        store.migrate().await?;
+        Ok(store.latest(self.0).await?)
+    }
+}
+
+/// `nsready migrate`.
+pub async fn migrate(s: &Settings) -> anyhow::Result<ExitCode> {
+    with_store(s, Migrate).await.context("migration failed")?;
+    println!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the demo registry (used by `serve --demo` too).
+pub async fn load_demo(s: &Settings) -> anyhow::Result<ImportReport> {
+    let r = with_store(s, Import(demo()))
+        .await
+        .context("cannot load the demo registry")?;
+    Ok(r)
+}
+
+fn print_report(r: &ImportReport) {
+    println!(
+        "imported: {} customers, {} projects, {} sites, {} devices, {} parameter templates",
+        r.customers, r.projects, r.sites, r.devices, r.parameter_templates
+    );
+}
+
+/// `nsready registry ...`.
+pub async fn run(s: &Settings, cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RegistryCommand::Demo => print_report(&load_demo(s).await?),
+        RegistryCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let doc = RegistryDoc::parse(&text).map_err(anyhow::Error::msg)?;
+            let r = with_store(s, Import(doc)).await.context("import failed")?;
+            print_report(&r);
+        }
+        RegistryCommand::Export { file } => {
+            let doc = with_store(s, Export).await?;
+            let text = serde_json::to_string_pretty(&doc)?;
+            match file {
+                Some(f) => std::fs::write(&f, text + "\n")
+                    .with_context(|| format!("cannot write {}", f.display()))?,
+                None => println!("{text}"),
+            }
+        }
+        RegistryCommand::List { json } => {
+            let doc = with_store(s, Export).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print_registry(&doc);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_registry(doc: &RegistryDoc) {
+    println!(
+        "{} customers, {} projects, {} sites, {} devices, {} parameter templates",
+        doc.customers.len(),
+        doc.projects.len(),
+        doc.sites.len(),
+        doc.devices.len(),
+        doc.parameter_templates.len()
+    );
+    println!(
+        "\nDEVICES\n{:<38} {:<24} {:<8} {:<38} {:<38}",
+        "device_id", "name", "status", "site_id", "project_id"
+    );
+    for d in &doc.devices {
+        let project = doc
+            .sites
+            .iter()
+            .find(|s| s.id == d.site_id)
+            .map(|s| s.project_id.to_string())
+            .unwrap_or_default();
+        println!(
+            "{:<38} {:<24} {:<8} {:<38} {:<38}",
+            d.id, d.name, d.status, d.site_id, project
+        );
+    }
+    println!("\nPARAMETERS\n{:<64} {:<10} unit", "key", "name");
+    for t in &doc.parameter_templates {
+        println!(
+            "{:<64} {:<10} {}",
+            t.key,
+            t.name,
+            t.unit.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// `nsready latest`.
+pub async fn latest(
+    s: &Settings,
+    device: Option<uuid::Uuid>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let rows = with_store(s, Latest(device)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<38} {:<64} {:<28} {:>12} {:>7}",
+            "device_id", "parameter_key", "time", "value", "quality"
+        );
+        for r in &rows {
+            let v = r
+                .value
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "null".into());
+            println!(
+                "{:<38} {:<64} {:<28} {:>12} {:>7}",
+                r.device_id,
+                r.parameter_key,
+                r.time.to_rfc3339(),
+                v,
+                r.quality
+            );
+        }
+        if rows.is_empty() {
+            println!("(no rows yet)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,41 @@
+//! `nsready serve | collector | worker`: build the app for the role and run it until a signal.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use nsready::app::{App, Role};
+use nsready::config::Settings;
+use nsready::shutdown::{self, Shutdown};
+
+/// Runs a role until SIGINT/SIGTERM.
+pub async fn run(settings: &Settings, role: Role, demo: bool) -> anyhow::Result<ExitCode> {
+    if demo {
+        super::registry::load_demo(settings).await?;
+    }
+    let sd = Shutdown::new();
+    let app = App::build(settings, role, sd.clone())
+        .await
+        .context("cannot start")?;
+    if demo {
+        print_demo_curl(app.port());
+    }
+    let trigger = sd.clone();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        tracing::info!("signal received; shutting down");
+        trigger.trigger();
+    });
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_demo_curl(port: u16) {
+    let d = nsready::registry::demo_ids::DEVICE_01_1;
+    let p = nsready::registry::demo_ids::PROJECT_01;
+    let s = nsready::registry::demo_ids::SITE_01;
+    println!(
+        "\nDemo registry loaded. Send an event:\n\n\
+curl -s -X POST http://127.0.0.1:{port}/v1/ingest -H 'Content-Type: application/json' -d '{{\"project_id\":\"{p}\",\"site_id\":\"{s}\",\"device_id\":\"{d}\",\"protocol\":\"HTTP\",\"source_timestamp\":\"2025-11-14T12:00:00Z\",\"metrics\":[{{\"parameter_key\":\"project:{p}:voltage\",\"value\":230.5,\"quality\":192,\"attributes\":{{\"unit\":\"V\"}}}}]}}'\n\n\
+Then look at it:  nsready latest --device {d}\n"
+    );
+}

@@ -1,0 +1,98 @@
+//! HTTP error answers of the collector: the one place that maps errors to status codes and
+//! bodies.
+//!
+//! Bodies are `{"detail": "...", "errors": [...]}`; they name the field and the rule and never
+//! carry SQL, driver names, stack traces or internal paths (the cause goes to the log).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::event::Rejection;
+use crate::queue::QueueError;
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// Why an ingest request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Schema violation or malformed JSON: 400, naming each field.
+    #[error("invalid event: {}", .0.detail())]
+    Invalid(Rejection),
+    /// Body larger than the configured limit: 413.
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Content type other than JSON (or NDJSON for batches): 415.
+    #[error("unsupported content type `{0}`")]
+    UnsupportedType(String),
+    /// Content encoding other than gzip or identity: 415.
+    #[error("unsupported content encoding `{0}`")]
+    UnsupportedEncoding(String),
+    /// Auth is on and the bearer token is missing or wrong: 401.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// The queue is full or unreachable: 503 with Retry-After.
+    #[error("queue unavailable: {0}")]
+    Unavailable(#[from] QueueError),
+}
+
+impl ApiError {
+    /// The answer's status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedType(_) | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The answer's body: what a client may see (never driver text).
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            ApiError::Invalid(r) => json!({"detail": r.detail(), "errors": r.errors()}),
+            ApiError::TooLarge { limit } => json!({
+                "detail": format!("body: larger than the limit of {limit} bytes (INGEST_MAX_BODY_BYTES / INGEST_MAX_BATCH_BYTES)"),
+                "errors": [{"loc": ["body"], "msg": format!("must be at most {limit} bytes")}],
+            }),
+            ApiError::UnsupportedType(t) => json!({
+                "detail": format!("content-type: `{t}` is not supported; send application/json (or application/x-ndjson to /v1/ingest/batch)"),
+                "errors": [{"loc": ["headers", "content-type"], "msg": "must be application/json"}],
+            }),
+            ApiError::UnsupportedEncoding(e) => json!({
+                "detail": format!("content-encoding: `{e}` is not supported; send gzip or no encoding"),
+                "errors": [{"loc": ["headers", "content-encoding"], "msg": "must be gzip or identity"}],
+            }),
+            ApiError::Unauthorized => json!({
+                "detail": "authorization: missing or invalid bearer token",
+                "errors": [{"loc": ["headers", "authorization"], "msg": "must be `Bearer <token>` with a valid token"}],
+            }),
+            ApiError::Unavailable(QueueError::Full) => json!({
+                "detail": "queue is full; nothing was queued, retry later",
+            }),
+            ApiError::Unavailable(_) => json!({
+                "detail": "queue is unavailable; nothing was queued, retry later",
+            }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "ingest answered 503"),
+            other => tracing::debug!(error = %other, "ingest rejected"),
+        }
+        let mut resp = (self.status(), Json(self.body())).into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}

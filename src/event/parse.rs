@@ -1,0 +1,414 @@
+//! The walk from untrusted JSON to a [`NormalizedEvent`]: every rule of DESIGN.md §4 checked
+//! once, every violation collected (not just the first) with its location, in the schema's
+//! field order. Also turns JSON syntax errors into our own wording, so no message ever shows
+//! parser internals.
+//!
+//! The walker takes the [`Value`] by value and moves strings and objects out of it, so a
+//! valid event costs no copies beyond the JSON parse itself.
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{FieldError, Loc, MAX_METRICS, Metric, NormalizedEvent, Rejection};
+
+/// Longest `parameter_key`, in characters.
+pub const MAX_PARAMETER_KEY_CHARS: usize = 256;
+
+/// Most errors one rejection lists; the rest are only counted (see [`Rejection::error_count`]),
+/// so an error report never grows much larger than the body that caused it.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+pub(super) const MSG_REQUIRED: &str = "field required";
+const MSG_STRING: &str = "must be a string";
+const MSG_UUID: &str = "must be a UUID";
+const MSG_NOT_EMPTY: &str = "must not be empty";
+const MSG_ARRAY: &str = "must be an array";
+const MSG_OBJECT: &str = "must be an object";
+const MSG_NUMBER_OR_NULL: &str = "must be a number or null";
+const MSG_QUALITY: &str = "must be an integer between 0 and 255";
+const MSG_TIMESTAMP: &str =
+    "must be an RFC 3339 timestamp, e.g. 2025-11-14T12:00:00Z (no offset means UTC)";
+const MSG_NO_METRICS: &str = "must contain at least one metric";
+pub(super) const MSG_EMPTY_BODY: &str = "request body is empty";
+pub(super) const MSG_BODY_OBJECT: &str = "must be a JSON object";
+
+/// Errors found so far: the first [`MAX_REPORTED_ERRORS`] kept, the rest counted.
+#[derive(Default)]
+struct Errors {
+    list: Vec<FieldError>,
+    omitted: usize,
+}
+
+impl Errors {
+    fn push(&mut self, loc: Vec<Loc>, msg: impl Into<String>) {
+        if self.list.len() < MAX_REPORTED_ERRORS {
+            self.list.push(FieldError {
+                loc,
+                msg: msg.into(),
+            });
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn into_rejection(self) -> Rejection {
+        Rejection {
+            errors: self.list,
+            omitted: self.omitted,
+        }
+    }
+}
+
+fn key(name: &str) -> Loc {
+    Loc::Key(name.to_owned())
+}
+
+fn top(name: &str) -> Vec<Loc> {
+    vec![key(name)]
+}
+
+fn in_metric(index: usize, name: &str) -> Vec<Loc> {
+    vec![key("metrics"), Loc::Index(index), key(name)]
+}
+
+/// A rejection of the body as a whole: one error at `["body"]`.
+pub(super) fn body_rejection(msg: impl Into<String>) -> Rejection {
+    Rejection::new(vec![FieldError {
+        loc: top("body"),
+        msg: msg.into(),
+    }])
+}
+
+/// True when the bytes hold nothing but JSON whitespace.
+pub(super) fn is_blank(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+/// Decodes JSON bytes into a value, or explains (in our words) why they are not JSON.
+/// `line_offset` is added to the reported line (for NDJSON, where each line is parsed alone).
+pub(super) fn json_value(bytes: &[u8], line_offset: usize) -> Result<Value, String> {
+    serde_json::from_slice(bytes).map_err(|e| malformed_json_message(&e, line_offset))
+}
+
+/// "malformed JSON at line L, column C: <what is wrong>", without the parser's own wording.
+pub(super) fn malformed_json_message(err: &serde_json::Error, line_offset: usize) -> String {
+    format!(
+        "malformed JSON at line {}, column {}: {}",
+        err.line() + line_offset,
+        err.column(),
+        syntax_problem(err)
+    )
+}
+
+/// Our description of a JSON syntax error. serde_json does not expose its error codes, so this
+/// matches on the start of its message and falls back to a generic phrase; the parser's text
+/// itself is never passed on.
+fn syntax_problem(err: &serde_json::Error) -> &'static str {
+    if err.is_eof() {
+        return "the body ends before the JSON value is complete";
+    }
+    let text = err.to_string();
+    const KNOWN: &[(&str, &str)] = &[
+        ("expected `,` or `}`", "missing ',' or '}' in an object"),
+        ("expected `,` or `]`", "missing ',' or ']' in an array"),
+        ("expected `:`", "missing ':' after an object key"),
+        ("expected `\"`", "object keys must be strings"),
+        ("key must be a string", "object keys must be strings"),
+        (
+            "expected ident",
+            "unknown word (only true, false and null are allowed)",
+        ),
+        ("expected value", "a value is missing or is not valid JSON"),
+        ("trailing comma", "a trailing comma is not allowed"),
+        ("trailing characters", "extra text after the JSON value"),
+        ("invalid number", "invalid number"),
+        ("number out of range", "number out of range"),
+        (
+            "control character",
+            "unescaped control character in a string",
+        ),
+        ("invalid escape", "invalid escape sequence in a string"),
+        (
+            "invalid unicode code point",
+            "invalid UTF-8 or unicode escape",
+        ),
+        ("lone leading surrogate", "invalid unicode escape"),
+        ("unexpected end of hex escape", "invalid unicode escape"),
+        ("recursion limit exceeded", "nested too deeply"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(prefix, _)| text.starts_with(prefix))
+        .map_or("invalid JSON syntax", |(_, ours)| ours)
+}
+
+/// Parses an RFC 3339 timestamp; without an offset it is UTC. The result is truncated to
+/// microseconds. Only four-digit years are accepted, so the canonical form always parses back.
+pub(super) fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() < 19 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
+        return None;
+    }
+    let utc = match DateTime::parse_from_rfc3339(s) {
+        Ok(dt) => dt.with_timezone(&Utc),
+        Err(_) => {
+            let fmt = match b[10] {
+                b'T' => "%Y-%m-%dT%H:%M:%S%.f",
+                b't' => "%Y-%m-%dt%H:%M:%S%.f",
+                b' ' => "%Y-%m-%d %H:%M:%S%.f",
+                _ => return None,
+            };
+            NaiveDateTime::parse_from_str(s, fmt).ok()?.and_utc()
+        }
+    };
+    Some(utc.trunc_subsecs(6))
+}
+
+/// A required string: absent → "field required"; any other type (null too) → "must be a string".
+fn required_string(
+    map: &mut Map<String, Value>,
+    name: &str,
+    loc: impl FnOnce() -> Vec<Loc>,
+    errors: &mut Errors,
+) -> Option<String> {
+    match map.remove(name) {
+        None => {
+            errors.push(loc(), MSG_REQUIRED);
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.push(loc(), MSG_STRING);
+            None
+        }
+    }
+}
+
+/// An optional string: absent or null → `None`.
+fn optional_string(
+    map: &mut Map<String, Value>,
+    name: &str,
+    errors: &mut Errors,
+) -> Option<String> {
+    match map.remove(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.push(top(name), MSG_STRING);
+            None
+        }
+    }
+}
+
+/// An optional object: absent or null → `{}`.
+fn optional_object(
+    map: &mut Map<String, Value>,
+    name: &str,
+    loc: impl FnOnce() -> Vec<Loc>,
+    errors: &mut Errors,
+) -> Map<String, Value> {
+    match map.remove(name) {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            errors.push(loc(), MSG_OBJECT);
+            Map::new()
+        }
+    }
+}
+
+fn uuid_field(map: &mut Map<String, Value>, name: &str, errors: &mut Errors) -> Option<Uuid> {
+    let s = required_string(map, name, || top(name), errors)?;
+    match Uuid::parse_str(&s) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            errors.push(top(name), MSG_UUID);
+            None
+        }
+    }
+}
+
+/// `quality`: absent or null → 0. Integers 0..=255 are accepted, and so are numbers written
+/// with a zero fraction (`192.0`, as some producers print every number); `192.5`, negatives,
+/// values above 255 and non-numbers are refused.
+fn quality_of(value: Option<Value>) -> Result<u8, ()> {
+    match value {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                u8::try_from(u).map_err(|_| ())
+            } else if n.is_f64() {
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && (0.0..=255.0).contains(&f) => Ok(f as u8),
+                    _ => Err(()),
+                }
+            } else {
+                Err(())
+            }
+        }
+        Some(_) => Err(()),
+    }
+}
+
+fn metric(index: usize, mut map: Map<String, Value>, errors: &mut Errors) -> Option<Metric> {
+    let parameter_key = match required_string(
+        &mut map,
+        "parameter_key",
+        || in_metric(index, "parameter_key"),
+        errors,
+    ) {
+        Some(k) if k.trim().is_empty() => {
+            errors.push(in_metric(index, "parameter_key"), MSG_NOT_EMPTY);
+            None
+        }
+        Some(k)
+            if k.len() > MAX_PARAMETER_KEY_CHARS && k.chars().count() > MAX_PARAMETER_KEY_CHARS =>
+        {
+            errors.push(
+                in_metric(index, "parameter_key"),
+                format!("must be at most {MAX_PARAMETER_KEY_CHARS} characters"),
+            );
+            None
+        }
+        other => other,
+    };
+
+    let value = match map.remove("value") {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some),
+        Some(_) => None,
+    };
+    if value.is_none() {
+        errors.push(in_metric(index, "value"), MSG_NUMBER_OR_NULL);
+    }
+
+    let quality = quality_of(map.remove("quality"));
+    if quality.is_err() {
+        errors.push(in_metric(index, "quality"), MSG_QUALITY);
+    }
+
+    let attributes = optional_object(
+        &mut map,
+        "attributes",
+        || in_metric(index, "attributes"),
+        errors,
+    );
+
+    Some(Metric {
+        parameter_key: parameter_key?,
+        value: value?,
+        quality: quality.ok()?,
+        attributes,
+    })
+}
+
+fn metrics(map: &mut Map<String, Value>, errors: &mut Errors) -> Vec<Metric> {
+    let items = match map.remove("metrics") {
+        None => {
+            errors.push(top("metrics"), MSG_REQUIRED);
+            return Vec::new();
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            errors.push(top("metrics"), MSG_ARRAY);
+            return Vec::new();
+        }
+    };
+    if items.is_empty() {
+        errors.push(top("metrics"), MSG_NO_METRICS);
+        return Vec::new();
+    }
+    if items.len() > MAX_METRICS {
+        errors.push(
+            top("metrics"),
+            format!(
+                "must contain at most {MAX_METRICS} metrics (got {})",
+                items.len()
+            ),
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Value::Object(m) => out.extend(metric(index, m, errors)),
+            _ => errors.push(vec![key("metrics"), Loc::Index(index)], MSG_OBJECT),
+        }
+    }
+    out
+}
+
+/// Checks one decoded event, consuming it. Errors come in the schema's field order, metrics by
+/// index; a rejection lists at most [`MAX_REPORTED_ERRORS`] of them.
+pub(super) fn event_from_owned(value: Value) -> Result<NormalizedEvent, Rejection> {
+    let Value::Object(mut map) = value else {
+        return Err(body_rejection(MSG_BODY_OBJECT));
+    };
+    let mut errors = Errors::default();
+
+    let project_id = uuid_field(&mut map, "project_id", &mut errors);
+    let site_id = uuid_field(&mut map, "site_id", &mut errors);
+    let device_id = uuid_field(&mut map, "device_id", &mut errors);
+
+    let protocol = match required_string(&mut map, "protocol", || top("protocol"), &mut errors) {
+        Some(p) => {
+            let trimmed = p.trim();
+            if trimmed.is_empty() {
+                errors.push(top("protocol"), MSG_NOT_EMPTY);
+                None
+            } else if trimmed.len() == p.len() {
+                Some(p)
+            } else {
+                Some(trimmed.to_owned())
+            }
+        }
+        None => None,
+    };
+
+    let source_timestamp = required_string(
+        &mut map,
+        "source_timestamp",
+        || top("source_timestamp"),
+        &mut errors,
+    )
+    .and_then(|s| {
+        let parsed = parse_timestamp(&s);
+        if parsed.is_none() {
+            errors.push(top("source_timestamp"), MSG_TIMESTAMP);
+        }
+        parsed
+    });
+
+    let metrics = metrics(&mut map, &mut errors);
+    let config_version = optional_string(&mut map, "config_version", &mut errors);
+    let event_id = optional_string(&mut map, "event_id", &mut errors);
+    let metadata = optional_object(&mut map, "metadata", || top("metadata"), &mut errors);
+
+    match (project_id, site_id, device_id, protocol, source_timestamp) {
+        (
+            Some(project_id),
+            Some(site_id),
+            Some(device_id),
+            Some(protocol),
+            Some(source_timestamp),
+        ) if errors.is_empty() => Ok(NormalizedEvent {
+            project_id,
+            site_id,
+            device_id,
+            protocol,
+            source_timestamp,
+            metrics,
+            config_version,
+            event_id,
+            metadata,
+        }),
+        _ => Err(errors.into_rejection()),
+    }
+}

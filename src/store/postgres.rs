@@ -1,5 +1,0 @@
-//! PostgreSQL store: to be written.
-
-/// PostgreSQL store.
-#[derive(Clone, Debug)]
-pub struct PostgresStore;
