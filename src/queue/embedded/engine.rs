@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
+use super::command::{Answer, Command, Fetched, Op, StoredMessage};
 use super::{EmbeddedHandle, EmbeddedQueueOptions, schema};
 use crate::queue::{DeadLetter, Outgoing, Published, QueueError, QueueStats};
 
@@ -26,67 +27,6 @@ const MAX_GROUP: usize = 1024;
 /// Expired dedupe entries are deleted at most this often (in ms): pruning is a range
 /// delete on an index, cheap but not worth doing on every group.
 const PRUNE_EVERY_MS: i64 = 1000;
-
-/// One request to the queue thread with the channel its answer goes back on.
-pub(super) struct Command {
-    pub(super) op: Op,
-    /// Answered once the group this command ran in has committed (or failed).
-    pub(super) reply: oneshot::Sender<Result<Answer, QueueError>>,
-}
-
-/// What a command asks for; one variant per [`crate::queue::Queue`] method.
-pub(super) enum Op {
-    Publish(Vec<Outgoing>),
-    Fetch {
-        max: usize,
-    },
-    Ack(Vec<u64>),
-    Nak {
-        handles: Vec<EmbeddedHandle>,
-        delay: Duration,
-    },
-    Touch(Vec<EmbeddedHandle>),
-    DeadLetter {
-        handle: EmbeddedHandle,
-        error_type: &'static str,
-        reason: String,
-    },
-    Stats,
-    DlqList {
-        from: u64,
-        limit: usize,
-    },
-    DlqRemove(u64),
-    /// Runs raw SQL on the thread's connection (tests simulate a full disk with it).
-    #[cfg(test)]
-    Sql(String),
-}
-
-/// The answer to an [`Op`], variant by variant.
-pub(super) enum Answer {
-    Published(Vec<Result<Published, QueueError>>),
-    Fetched(Fetched),
-    Done,
-    Stats(QueueStats),
-    DeadLetters(Vec<DeadLetter>),
-}
-
-/// Messages leased by one fetch.
-pub(super) struct Fetched {
-    pub(super) messages: Vec<StoredMessage>,
-    /// When nothing was available: how long until the earliest leased or NAK-delayed
-    /// message becomes visible again, so a waiting fetch wakes up for its redelivery.
-    pub(super) next_visible_in: Option<Duration>,
-}
-
-/// One message as leased from the table.
-pub(super) struct StoredMessage {
-    pub(super) seq: u64,
-    pub(super) delivered: u64,
-    pub(super) trace_id: Option<String>,
-    pub(super) payload: Vec<u8>,
-    pub(super) published_at_ms: i64,
-}
 
 /// The state of the queue thread.
 pub(super) struct Engine {
@@ -532,7 +472,7 @@ impl Engine {
 pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| duration_ms(d))
+        .map(duration_ms)
         .unwrap_or(0)
 }
 

@@ -5,9 +5,10 @@
 //! limits (`Full`, never a silent drop), leases that expire after the ack wait and come
 //! back with a higher delivery count, NAK with delay, progress, and a DLQ written in the
 //! same transaction that removes the original. One OS thread owns the connection and
-//! group-commits whatever callers sent meanwhile (`engine.rs`); `schema.rs` opens and
-//! migrates the file.
+//! group-commits whatever callers sent meanwhile (`engine.rs`, speaking the vocabulary of
+//! `command.rs`); `schema.rs` opens and migrates the file.
 
+mod command;
 mod engine;
 mod schema;
 #[cfg(test)]
@@ -22,7 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use self::engine::{Answer, Command, Engine, Op};
+use self::command::{Answer, Command, Op};
+use self::engine::Engine;
 use crate::queue::{
     DeadLetter, DeadLetterReason, Delivery, Outgoing, Published, Queue, QueueError, QueueStats,
 };
@@ -200,8 +202,10 @@ fn copy_error(e: &QueueError) -> QueueError {
     }
 }
 
-fn handles(deliveries: &[Delivery<EmbeddedHandle>]) -> Vec<EmbeddedHandle> {
-    deliveries.iter().map(|d| d.handle).collect()
+fn handles<'a>(
+    deliveries: impl IntoIterator<Item = &'a Delivery<EmbeddedHandle>>,
+) -> Vec<EmbeddedHandle> {
+    deliveries.into_iter().map(|d| d.handle).collect()
 }
 
 impl Queue for EmbeddedQueue {
@@ -311,8 +315,8 @@ impl Queue for EmbeddedQueue {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let hs = deliveries.iter().map(|d| d.handle).collect();
-        self.call_done(Op::Touch(hs)).await
+        self.call_done(Op::Touch(handles(deliveries.iter().copied())))
+            .await
     }
 
     async fn dead_letter(
