@@ -301,7 +301,7 @@ impl TestEnv {
                 let q = JetStreamQueue::provision(client, opts)
                     .await
                     .expect("provision");
-                f(AnyQueue::Js(q)).await
+                f(AnyQueue::Js(Box::new(q))).await
             }
             Kind::Embedded => {
                 let s = self.settings(&[]);
@@ -322,7 +322,7 @@ impl TestEnv {
 
 /// Either queue, for read-only inspection in tests.
 pub enum AnyQueue {
-    Js(JetStreamQueue),
+    Js(Box<JetStreamQueue>),
     Embedded(EmbeddedQueue),
 }
 
