@@ -72,9 +72,14 @@ async fn redelivery_after_a_crash_between_commit_and_ack_adds_no_rows(kind: Kind
         .header("content-type", "application/json")
         .body(body)
         .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), StatusCode::OK);
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), StatusCode::OK),
+        // Embedded: the same process answers and commits; the abort can beat the response.
+        // The rows below prove the event was accepted and committed.
+        Err(e) if kind == Kind::Embedded => eprintln!("response lost to the abort: {e}"),
+        Err(e) => panic!("post failed: {e}"),
+    }
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.0.try_wait().expect("wait") {
@@ -226,3 +231,52 @@ async fn postgres_outage_under_load_loses_nothing_and_dead_letters_nothing() {
     assert_eq!(env.count("SELECT count(*) FROM error_logs"), 0);
     app.stop().await;
 }
+
+/// A dead letter for a device that did not exist yet: after importing the device,
+/// `nsready dlq replay` puts it back on the ingest subject and it lands; the DLQ is empty.
+async fn dlq_replay_after_importing_the_missing_device_lands_the_event(kind: Kind) {
+    let env = TestEnv::new(kind);
+    let mut doc = nsready::registry::demo();
+    let late = doc.devices.remove(1);
+    env.with_store(crate::support::app::Import(doc)).await;
+    let app = env.start(Role::Serve, &["--worker-max-retries", "1"]).await;
+    let ev = crate::support::event_for(late.id, 0, &[("voltage", 9.0)]);
+    assert_eq!(app.post_event(&ev).await.0, StatusCode::OK);
+    wait_until("dead-lettered", Duration::from_secs(30), || async {
+        env.dead_letters().await.len() == 1
+    })
+    .await;
+    // Embedded mode: one process owns DATA_DIR, so the operator stops serve first.
+    app.stop().await;
+    let list = env.command("dlq", &["list"]).output().expect("dlq list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("device_not_found"), "{text}");
+    env.with_store(crate::support::app::Import(
+        nsready::registry::RegistryDoc {
+            devices: vec![late],
+            ..Default::default()
+        },
+    ))
+    .await;
+    let out = env
+        .command("dlq", &["replay"])
+        .output()
+        .expect("dlq replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"));
+    assert!(env.dead_letters().await.is_empty());
+    let app = env.start(Role::Serve, &[]).await;
+    wait_until(
+        "the replayed event lands",
+        Duration::from_secs(30),
+        || async { env.row_count().await == 1 },
+    )
+    .await;
+    assert!(env.dead_letters().await.is_empty());
+    app.stop().await;
+}
+both_deployments!(dlq_replay_after_importing_the_missing_device_lands_the_event);
