@@ -132,6 +132,17 @@ async fn serve_demo_prints_a_curl_that_works_as_printed() {
     .await
     .expect("join")
     .expect("serve --demo prints a curl line");
+    // A person reads the message before pasting the command; wait until the service answers.
+    let ready = format!("http://127.0.0.1:{port}/v1/ready");
+    wait_until("the service is ready", Duration::from_secs(30), || {
+        let ready = ready.clone();
+        async move {
+            reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
     let out = Command::new("bash")
         .arg("-c")
         .arg(&curl)
