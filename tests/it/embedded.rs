@@ -3,25 +3,16 @@
 //! `kill -9`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nsready::app::Role;
 use reqwest::StatusCode;
 
+use crate::support::Proc;
 use crate::support::app::{Kind, TestEnv, wait_until};
 use crate::support::event;
 use crate::support::servers::free_port;
-
-/// A child nsready process, killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nsready"));

@@ -2,26 +2,17 @@
 //! commit and ack, NATS going away, PostgreSQL going away under load. Each test ends by
 //! counting accepted events against rows and dead letters.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nsready::app::Role;
 use reqwest::StatusCode;
 
 use crate::both_deployments;
+use crate::support::Proc;
 use crate::support::app::{Kind, TestEnv, metric, wait_until};
 use crate::support::event;
 use crate::support::servers::free_port;
-
-/// A child nsready process, killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn wait_ready(port: u16) {
     let http = reqwest::Client::new();

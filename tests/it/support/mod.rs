@@ -64,3 +64,13 @@ macro_rules! both_deployments {
         }
     };
 }
+
+/// A child nsready process, killed (SIGKILL) and reaped on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
