@@ -35,7 +35,17 @@ pub enum ApiError {
     Unauthorized,
     /// The queue is full or unreachable: 503 with Retry-After.
     #[error("queue unavailable: {0}")]
-    Unavailable(#[from] QueueError),
+    Unavailable(QueueError),
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            // The event is too large for the queue: no retry can help, so 413, not 503.
+            QueueError::TooLarge { limit, .. } => ApiError::TooLarge { limit },
+            other => ApiError::Unavailable(other),
+        }
+    }
 }
 
 impl ApiError {

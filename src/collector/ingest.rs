@@ -107,6 +107,10 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
                 accepted += 1;
                 json!({"index": index, "trace_id": trace_id})
             }
+            Err(QueueError::TooLarge { limit, .. }) => json!({"index": index, "error": {
+                "detail": format!("body: the event is larger than the queue's limit of {limit} bytes"),
+                "retryable": false,
+            }}),
             Err(e) => {
                 let detail = match e {
                     QueueError::Full => "queue is full; not queued, retry later",

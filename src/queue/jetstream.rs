@@ -251,9 +251,20 @@ impl JetStreamQueue {
         }
     }
 
+    /// Refuses a message the server would reject for its size (headers included, roughly).
+    fn check_size(&self, msg: &Outgoing) -> Result<(), QueueError> {
+        let limit = self.client.server_info().max_payload;
+        let size = msg.payload.len() + msg.msg_id.len() + msg.trace_id.len() + 64;
+        if limit > 0 && size > limit {
+            return Err(QueueError::TooLarge { size, limit });
+        }
+        Ok(())
+    }
+
     /// Sends one publish and waits for its ack, all bounded by the publish timeout.
     async fn publish_one(&self, msg: Outgoing) -> Result<Published, QueueError> {
         self.check_connected()?;
+        self.check_size(&msg)?;
         let publish = self.outgoing_publish(msg);
         let subject = self.opts.subject.clone();
         let fut = async {
@@ -408,18 +419,23 @@ impl Queue for JetStreamQueue {
         // order (a later event for the same key wins); the acks are awaited together.
         let mut pending = Vec::with_capacity(msgs.len());
         for m in msgs {
+            if let Err(e) = self.check_size(&m) {
+                pending.push(Ok(Err(e)));
+                continue;
+            }
             let publish = self.outgoing_publish(m);
             let sent = tokio::time::timeout_at(
                 deadline,
                 self.js.send_publish(self.opts.subject.clone(), publish),
             )
-            .await;
+            .await
+            .map(|r| r.map_err(publish_error));
             pending.push(sent);
         }
         join_all(pending.into_iter().map(|sent| async move {
             let ack = match sent {
                 Ok(Ok(ack)) => ack,
-                Ok(Err(e)) => return Err(publish_error(e)),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(timeout_error()),
             };
             match tokio::time::timeout_at(deadline, ack).await {

@@ -21,7 +21,7 @@ pub use embedded::EmbeddedQueue;
 pub use jetstream::JetStreamQueue;
 
 /// Errors of the queue. `Full` and `Unavailable` are what the collector turns into 503.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum QueueError {
     /// The queue holds its maximum (messages or bytes); nothing is discarded to make room.
     #[error("queue is full")]
@@ -32,6 +32,10 @@ pub enum QueueError {
     /// Provisioning or configuration problem (stream settings, permissions, files).
     #[error("queue setup failed: {0}")]
     Setup(String),
+    /// The message is larger than the queue accepts (NATS `max_payload`); retrying cannot
+    /// help.
+    #[error("message of {size} bytes exceeds the queue's limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
     /// A dead letter or message asked for does not exist.
     #[error("no message with sequence {0}")]
     NotFound(u64),

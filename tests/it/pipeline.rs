@@ -560,3 +560,33 @@ async fn metrics_match_what_happened(kind: Kind) {
     app.stop().await;
 }
 both_deployments!(metrics_match_what_happened);
+
+/// An event larger than NATS accepts (max_payload, 1 MiB) gets 413, not a 503 that a client
+/// would retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_the_queue_accepts_gets_413() {
+    let env = TestEnv::new(Kind::ScaleOut);
+    env.import_demo().await;
+    let app = env
+        .start(Role::Serve, &["--ingest-max-body-bytes", "4000000"])
+        .await;
+    let mut big = event(0, &[("voltage", 1.0)]);
+    big["metrics"][0]["attributes"] = json!({"blob": "x".repeat(1_200_000)});
+    let (status, body) = app.post_event(&big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("body:")),
+        "{body}"
+    );
+    let (status, body) = app.post_batch(&[event(1, &[("voltage", 1.0)]), big]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["results"][1]["error"]["retryable"], false, "{body}");
+    wait_until("the small event lands", SETTLE, || async {
+        env.row_count().await == 1
+    })
+    .await;
+    app.stop().await;
+}

@@ -194,12 +194,7 @@ fn mismatch() -> QueueError {
 
 /// The same error again, for every message of a failed `publish_many`.
 fn copy_error(e: &QueueError) -> QueueError {
-    match e {
-        QueueError::Full => QueueError::Full,
-        QueueError::Unavailable(s) => QueueError::Unavailable(s.clone()),
-        QueueError::Setup(s) => QueueError::Setup(s.clone()),
-        QueueError::NotFound(seq) => QueueError::NotFound(*seq),
-    }
+    e.clone()
 }
 
 fn handles<'a>(
