@@ -97,8 +97,8 @@ pub enum ValidationMode {
 /// NATS JetStream connection and queue layout.
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
-    /// NATS server URL (e.g. nats://127.0.0.1:4222). Setting it (or NATS_HOST) selects the
-    /// scale-out deployment.
+    /// NATS server URL (e.g. nats://127.0.0.1:4222), or a comma-separated list of a
+    /// cluster's servers. Setting it (or NATS_HOST) selects the scale-out deployment.
     #[arg(long, env = "NATS_URL", global = true)]
     pub nats_url: Option<String>,
     /// NATS host (seed name); used when NATS_URL is not set.

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer, context::Publish, stream};
+use async_nats::{HeaderMap, ServerAddr};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::join_all;
@@ -86,11 +86,38 @@ impl std::fmt::Debug for JetStreamQueue {
     }
 }
 
-/// Connects with the seed's retry policy (tries × delay), then reconnects forever.
+/// Parses `NATS_URL`: one server URL, or a comma-separated list of cluster members
+/// (`nats://a:4222,nats://b:4222`), as the NATS CLI and other clients accept it. The client
+/// connects to any of them and reconnects to the others when its server goes away.
 ///
 /// # Errors
-/// `Unavailable` after the last try; `Setup` for unreadable credentials.
+/// `Setup` for an empty list or an unparsable URL.
+pub fn server_addrs(url: &str) -> Result<Vec<ServerAddr>, QueueError> {
+    let addrs = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        // The URL itself is not quoted: it may carry a password.
+        .map(|(i, s)| {
+            s.parse::<ServerAddr>().map_err(|e| {
+                QueueError::Setup(format!("NATS_URL: server {} of the list: {e}", i + 1))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(QueueError::Setup("NATS_URL lists no server".into()));
+    }
+    Ok(addrs)
+}
+
+/// Connects with the seed's retry policy (tries × delay), then reconnects forever.
+/// `url` may list several servers, comma-separated ([`server_addrs`]).
+///
+/// # Errors
+/// `Unavailable` after the last try; `Setup` for an invalid URL or unreadable credentials.
 pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, QueueError> {
+    let addrs = server_addrs(url)?;
     let tries = n.nats_connect_retries.max(1);
     let mut last = String::new();
     for attempt in 1..=tries {
@@ -118,9 +145,10 @@ pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, Queu
         if let Some(ca) = &n.nats_tls_ca {
             opts = opts.add_root_certificates(ca.clone());
         }
-        match opts.connect(url).await {
+        match opts.connect(addrs.as_slice()).await {
             Ok(client) => {
-                tracing::info!(url, "connected to NATS");
+                let server = client.server_info().server_name;
+                tracing::info!(url, server = %server, "connected to NATS");
                 return Ok(client);
             }
             Err(e) => {
@@ -638,5 +666,32 @@ impl Queue for JetStreamQueue {
             }
             Err(e) => Err(nats_err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_url_may_list_cluster_members() {
+        let addrs = server_addrs("nats://10.0.0.1:4222, nats://10.0.0.2:4223,").expect("valid");
+        let hosts: Vec<(String, u16)> = addrs
+            .iter()
+            .map(|a| (a.host().to_string(), a.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("10.0.0.1".to_string(), 4222),
+                ("10.0.0.2".to_string(), 4223)
+            ]
+        );
+        assert_eq!(server_addrs("nats://127.0.0.1").expect("valid").len(), 1);
+        assert!(matches!(server_addrs(" , "), Err(QueueError::Setup(_))));
+        assert!(matches!(
+            server_addrs("nats://a:1,nats://b:notaport"),
+            Err(QueueError::Setup(_))
+        ));
     }
 }

@@ -22,7 +22,7 @@ use nsready::store::{PostgresStore, SqliteStore, Store};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::servers::{NatsServer, Postgres};
+use super::servers::{NatsCluster, NatsServer, Postgres};
 
 /// Which deployment a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub struct RowView {
 pub struct TestEnv {
     pub kind: Kind,
     pub nats: Option<NatsServer>,
+    /// The three-node NATS cluster of [`TestEnv::new_cluster`] (then `nats` is `None`).
+    pub cluster: Option<NatsCluster>,
     pub pg: Option<Postgres>,
     pub db_url: Option<String>,
     /// DATA_DIR in embedded mode (also a scratch dir in scale-out mode).
@@ -67,7 +69,80 @@ impl TestEnv {
     /// Starts the backends. Blocks (servers start synchronously).
     pub fn new(kind: Kind) -> TestEnv {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut base: Vec<String> = [
+        let mut base = Self::base_args();
+        let (nats, pg, db_url) = match kind {
+            Kind::ScaleOut => {
+                let nats = NatsServer::start();
+                let pg = Postgres::start();
+                let db_url = pg.create_database("nsready_test");
+                base.extend([
+                    "--nats-url".into(),
+                    nats.url(),
+                    "--database-url".into(),
+                    db_url.clone(),
+                ]);
+                (Some(nats), Some(pg), Some(db_url))
+            }
+            Kind::Embedded => {
+                base.extend(["--data-dir".into(), dir.path().display().to_string()]);
+                (None, None, None)
+            }
+        };
+        TestEnv {
+            kind,
+            nats,
+            cluster: None,
+            pg,
+            db_url,
+            dir,
+            base,
+        }
+    }
+
+    /// Scale-out on a three-node NATS cluster: `--nats-url` lists all three nodes and the
+    /// streams are created with `--stream-replicas 3`. Blocks until the cluster has formed.
+    pub fn new_cluster() -> TestEnv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut base = Self::base_args();
+        let cluster = NatsCluster::start();
+        let pg = Postgres::start();
+        let db_url = pg.create_database("nsready_test");
+        base.extend([
+            "--nats-url".into(),
+            cluster.urls(),
+            "--stream-replicas".into(),
+            "3".into(),
+            // A delivery whose ack died with a killed consumer leader comes back after the
+            // ack wait; keep it short. In the base, so that the env's own queue handles
+            // (`queue_stats`, `dead_letters`) see no drift to "repair".
+            "--worker-ack-wait".into(),
+            "5".into(),
+            "--database-url".into(),
+            db_url.clone(),
+        ]);
+        TestEnv {
+            kind: Kind::ScaleOut,
+            nats: None,
+            cluster: Some(cluster),
+            pg: Some(pg),
+            db_url: Some(db_url),
+            dir,
+            base,
+        }
+    }
+
+    /// The NATS URL(s) of the scale-out backends (comma-separated for a cluster).
+    pub fn nats_url(&self) -> String {
+        match (&self.nats, &self.cluster) {
+            (Some(nats), _) => nats.url(),
+            (None, Some(cluster)) => cluster.urls(),
+            (None, None) => panic!("no NATS in an embedded env"),
+        }
+    }
+
+    /// Settings shared by every deployment: fast batches and retries, port 0, debug logs.
+    fn base_args() -> Vec<String> {
+        [
             "--worker-batch-timeout",
             "0.05",
             "--worker-retry-delay",
@@ -95,33 +170,7 @@ impl TestEnv {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-        let (nats, pg, db_url) = match kind {
-            Kind::ScaleOut => {
-                let nats = NatsServer::start();
-                let pg = Postgres::start();
-                let db_url = pg.create_database("nsready_test");
-                base.extend([
-                    "--nats-url".into(),
-                    nats.url(),
-                    "--database-url".into(),
-                    db_url.clone(),
-                ]);
-                (Some(nats), Some(pg), Some(db_url))
-            }
-            Kind::Embedded => {
-                base.extend(["--data-dir".into(), dir.path().display().to_string()]);
-                (None, None, None)
-            }
-        };
-        TestEnv {
-            kind,
-            nats,
-            pg,
-            db_url,
-            dir,
-            base,
-        }
+        .collect()
     }
 
     /// Settings = base + `extra` flags.
@@ -293,7 +342,7 @@ impl TestEnv {
         match self.kind {
             Kind::ScaleOut => {
                 let s = self.settings(&[]);
-                let url = self.nats.as_ref().expect("nats").url();
+                let url = self.nats_url();
                 let client = jetstream::connect(&url, &s.nats)
                     .await
                     .expect("nats connect");
