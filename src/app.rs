@@ -185,6 +185,9 @@ impl App {
                     (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
                         as i64,
                 );
+                // Processes with workers own the stream and consumer settings (they use the
+                // ack wait); a collector creates what is missing but never rewrites them.
+                opts.manage_config = role.has_workers();
                 let queue = JetStreamQueue::provision(client, opts).await?;
                 let store =
                     PostgresStore::connect(&pg, settings.db.db_pool_size, settings.db.db_timeout)?;
@@ -362,7 +365,10 @@ pub async fn with_deployment<T: DeploymentTask>(
         }
         Deployment::ScaleOut { nats_url, pg } => {
             let client = jetstream::connect(&nats_url, &settings.nats).await?;
-            let opts = JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
+            let mut opts =
+                JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
+            // A command observes the queue; the service owns its settings.
+            opts.manage_config = false;
             let queue = JetStreamQueue::provision(client, opts).await?;
             let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
             task.run(queue, store).await

@@ -46,6 +46,10 @@ pub struct JetStreamOptions {
     /// Most unacknowledged messages over all workers; must exceed pool × batch × processes.
     pub max_ack_pending: i64,
     pub publish_timeout: Duration,
+    /// True for the service's roles: they create the stream and consumer and repair drift.
+    /// False for CLI commands and observers, which must never rewrite a live consumer's
+    /// settings with their own (possibly different) environment.
+    pub manage_config: bool,
 }
 
 impl JetStreamOptions {
@@ -65,6 +69,7 @@ impl JetStreamOptions {
             ack_wait,
             max_ack_pending: 100_000,
             publish_timeout: n.publish_timeout,
+            manage_config: true,
         }
     }
 }
@@ -189,7 +194,7 @@ impl JetStreamQueue {
             duplicate_window: opts.duplicate_window,
             ..Default::default()
         };
-        let stream = ensure_stream(&js, want).await?;
+        let stream = ensure_stream(&js, want, opts.manage_config).await?;
         // The DLQ keeps everything (limits retention, no age limit) and refuses new letters
         // when full rather than dropping old ones: a refused dead letter leaves the original
         // in INGRESS, so nothing is lost.
@@ -205,7 +210,7 @@ impl JetStreamQueue {
             duplicate_window: Duration::from_secs(24 * 3600),
             ..Default::default()
         };
-        ensure_stream(&js, dlq).await?;
+        ensure_stream(&js, dlq, opts.manage_config).await?;
         let want = consumer::pull::Config {
             durable_name: Some(opts.consumer.clone()),
             ack_policy: consumer::AckPolicy::Explicit,
@@ -241,7 +246,10 @@ impl JetStreamQueue {
         if have.ack_policy != consumer::AckPolicy::Explicit {
             drift.push("ack_policy is not explicit".to_string());
         }
-        if !drift.is_empty() {
+        if !drift.is_empty() && !opts.manage_config {
+            tracing::debug!(consumer = %opts.consumer, drift = %drift.join(", "),
+                "consumer settings differ from this command's; left as they are");
+        } else if !drift.is_empty() {
             tracing::warn!(consumer = %opts.consumer, drift = %drift.join(", "),
                 "consumer configuration drifted; trying to update it");
             if let Err(e) = stream.update_consumer(want).await {
@@ -319,6 +327,7 @@ impl JetStreamQueue {
 async fn ensure_stream(
     js: &jetstream::Context,
     want: stream::Config,
+    update: bool,
 ) -> Result<stream::Stream, QueueError> {
     let name = want.name.clone();
     let mut s = js
@@ -382,7 +391,10 @@ async fn ensure_stream(
             have.duplicate_window, want.duplicate_window
         ));
     }
-    if !drift.is_empty() {
+    if !drift.is_empty() && !update {
+        tracing::debug!(stream = %name, drift = %drift.join(", "),
+            "stream settings differ from this command's; left as they are");
+    } else if !drift.is_empty() {
         tracing::warn!(stream = %name, drift = %drift.join(", "), "stream configuration drifted; updating");
         match js.update_stream(want).await {
             Ok(_) => tracing::info!(stream = %name, "stream configuration updated"),

@@ -346,7 +346,9 @@ impl TestEnv {
                 let client = jetstream::connect(&url, &s.nats)
                     .await
                     .expect("nats connect");
-                let opts = JetStreamOptions::from_args(&s.nats, s.worker.worker_ack_wait);
+                let mut opts = JetStreamOptions::from_args(&s.nats, s.worker.worker_ack_wait);
+                // An observer: never rewrite the settings the app under test gave the consumer.
+                opts.manage_config = false;
                 let q = JetStreamQueue::provision(client, opts)
                     .await
                     .expect("provision");
