@@ -3,13 +3,19 @@
 //! Reads `/v1/health` of a running nsready (any role), applies thresholds and exits 0
 //! (healthy), 1 (warning) or 2 (critical). Thresholds are flags/env so runbooks can pick
 //! their own (the platform's documents disagree: 100 / 1,000 / 5,000).
+//!
+//! Everything comes from the one health document, so `status` needs no queue or database
+//! settings and works the same on both deployments while the service runs (in embedded
+//! mode only the running process may open DATA_DIR). The DLQ by error type is counted by
+//! the service (see `collector::health`), and throughput is the service's own rolling
+//! one-minute figure of committed events, not two samples of `/metrics` taken here.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use nsready::config::Settings;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -22,27 +28,34 @@ pub struct StatusArgs {
     /// Queue depth that is critical.
     #[arg(long, env = "QUEUE_DEPTH_CRIT", default_value_t = 5_000)]
     crit_depth: u64,
-    /// Print the health document and verdict as JSON.
+    /// DLQ depth that is a warning (0 turns the DLQ check off).
+    #[arg(long, env = "DLQ_DEPTH_WARN", default_value_t = 1)]
+    warn_dlq: u64,
+    /// DLQ depth that is critical (0: never).
+    #[arg(long, env = "DLQ_DEPTH_CRIT", default_value_t = 0)]
+    crit_dlq: u64,
+    /// Print the verdict, exit code, notes and the health document as JSON.
     #[arg(long)]
     json: bool,
 }
 
-/// Runs `status`.
-pub async fn run(s: &Settings, args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let base = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}", s.http.service_port));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    let health: Value = match client.get(format!("{base}/v1/health")).send().await {
-        Ok(r) => r.json().await?,
-        Err(e) => {
-            println!("CRITICAL: nsready at {base} does not answer ({e})");
-            return Ok(ExitCode::from(2));
-        }
-    };
+const VERDICTS: [&str; 3] = ["OK", "WARNING", "CRITICAL"];
+
+/// Prints a critical verdict for a service that gave no usable health document.
+fn unreachable(base: &str, why: String, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            json!({"verdict": "CRITICAL", "exit_code": 2, "url": base, "notes": [why], "health": null})
+        );
+    } else {
+        println!("nsready CRITICAL  ({base})\n  ! {why}");
+    }
+    ExitCode::from(2)
+}
+
+/// The verdict level (0, 1, 2) and the notes that explain it.
+fn judge(health: &Value, args: &StatusArgs) -> (u8, Vec<String>) {
     let depth = health["queue_depth"].as_u64().unwrap_or(0);
     let dlq = health["dlq_depth"].as_u64().unwrap_or(0);
     let mut level = 0u8;
@@ -52,11 +65,14 @@ pub async fn run(s: &Settings, args: StatusArgs) -> anyhow::Result<ExitCode> {
         notes.push("database disconnected".to_string());
     }
     if let Some(reasons) = health["reasons"].as_array() {
-        for r in reasons {
-            if let Some(r) = r.as_str() {
-                level = level.max(if r.starts_with("stalled") { 2 } else { 1 });
-                notes.push(r.to_string());
+        for r in reasons.iter().filter_map(Value::as_str) {
+            if r == "database disconnected" {
+                continue; // said above
             }
+            // A stall or an unreachable queue means nothing lands: critical.
+            let critical = r.starts_with("stalled") || r.starts_with("queue unreachable");
+            level = level.max(if critical { 2 } else { 1 });
+            notes.push(r.to_string());
         }
     }
     if depth >= args.crit_depth {
@@ -66,31 +82,139 @@ pub async fn run(s: &Settings, args: StatusArgs) -> anyhow::Result<ExitCode> {
         level = level.max(1);
         notes.push(format!("queue depth {depth} ≥ {}", args.warn_depth));
     }
-    if dlq > 0 {
+    if args.crit_dlq > 0 && dlq >= args.crit_dlq {
+        level = 2;
+        notes.push(format!(
+            "{dlq} dead letters ≥ {} (nsready dlq list)",
+            args.crit_dlq
+        ));
+    } else if args.warn_dlq > 0 && dlq >= args.warn_dlq {
         level = level.max(1);
         notes.push(format!("{dlq} dead letters (nsready dlq list)"));
     }
-    let verdict = ["OK", "WARNING", "CRITICAL"][usize::from(level)];
+    (level, notes)
+}
+
+fn print_text(base: &str, health: &Value, verdict: &str, notes: &[String]) {
+    let q = &health["queue"];
+    println!(
+        "nsready {verdict}  ({base}, role {})",
+        health["role"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  queue depth     {} (pending {}, ack pending {}, redelivered {}, waiting pulls {})",
+        health["queue_depth"], q["pending"], q["ack_pending"], q["redelivered"], q["waiting_pulls"]
+    );
+    let mut dlq = format!("  dlq depth       {}", health["dlq_depth"]);
+    if let Some(by) = health["dlq_by_reason"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+    {
+        let parts: Vec<String> = by.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let partial = if health["dlq_by_reason_complete"] == false {
+            ", oldest only"
+        } else {
+            ""
+        };
+        dlq.push_str(&format!(" ({}{partial})", parts.join(", ")));
+    }
+    println!("{dlq}");
+    println!("  database        {}", health["db"].as_str().unwrap_or("?"));
+    println!("  workers         {}", health["workers"]);
+    match health["throughput"]["committed_per_sec"].as_f64() {
+        Some(rate) => println!(
+            "  throughput      {rate:.1} events/s committed (last {} s, this process)",
+            health["throughput"]["window_secs"]
+        ),
+        None => println!("  throughput      - (no workers in this process)"),
+    }
+    for n in notes {
+        println!("  ! {n}");
+    }
+}
+
+/// Runs `status`.
+pub async fn run(s: &Settings, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let base = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}", s.http.service_port));
+    let base = base.trim_end_matches('/').to_string();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let health: Value = match client.get(format!("{base}/v1/health")).send().await {
+        Ok(r) => match r.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                let why = format!("{base}/v1/health is not nsready's health document ({e})");
+                return Ok(unreachable(&base, why, args.json));
+            }
+        },
+        Err(e) => {
+            let why = format!("nsready at {base} does not answer ({e})");
+            return Ok(unreachable(&base, why, args.json));
+        }
+    };
+    let (level, notes) = judge(&health, &args);
+    let verdict = VERDICTS[usize::from(level)];
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"verdict": verdict, "notes": notes, "health": health})
+            json!({"verdict": verdict, "exit_code": level, "url": base, "notes": notes, "health": health})
         );
     } else {
-        let q = &health["queue"];
-        println!(
-            "nsready {verdict}  ({base}, role {})",
-            health["role"].as_str().unwrap_or("?")
-        );
-        println!(
-            "  queue depth     {depth} (pending {}, ack pending {}, redelivered {}, waiting pulls {})",
-            q["pending"], q["ack_pending"], q["redelivered"], q["waiting_pulls"]
-        );
-        println!("  dlq depth       {dlq}");
-        println!("  database        {}", health["db"].as_str().unwrap_or("?"));
-        for n in &notes {
-            println!("  ! {n}");
-        }
+        print_text(&base, &health, verdict, &notes);
     }
     Ok(ExitCode::from(level))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> StatusArgs {
+        StatusArgs {
+            url: None,
+            warn_depth: 1_000,
+            crit_depth: 5_000,
+            warn_dlq: 1,
+            crit_dlq: 0,
+            json: false,
+        }
+    }
+
+    fn healthy() -> Value {
+        json!({"service": "ok", "queue_depth": 0, "db": "connected", "dlq_depth": 0, "reasons": []})
+    }
+
+    #[test]
+    fn thresholds_give_the_levels() {
+        assert_eq!(judge(&healthy(), &args()).0, 0);
+        let mut h = healthy();
+        h["dlq_depth"] = json!(2);
+        assert_eq!(judge(&h, &args()).0, 1);
+        let mut a = args();
+        a.warn_dlq = 0;
+        assert_eq!(judge(&h, &a).0, 0, "DLQ check off");
+        a.crit_dlq = 2;
+        assert_eq!(judge(&h, &a).0, 2);
+        let mut h = healthy();
+        h["queue_depth"] = json!(1_000);
+        assert_eq!(judge(&h, &args()).0, 1);
+        h["queue_depth"] = json!(5_000);
+        assert_eq!(judge(&h, &args()).0, 2);
+    }
+
+    #[test]
+    fn database_down_and_stalls_are_critical() {
+        let mut h = healthy();
+        h["db"] = json!("disconnected");
+        h["reasons"] = json!(["database disconnected"]);
+        let (level, notes) = judge(&h, &args());
+        assert_eq!((level, notes.len()), (2, 1), "{notes:?}");
+        let mut h = healthy();
+        h["reasons"] = json!(["stalled: queue not empty and nothing committed for more than 60 s"]);
+        assert_eq!(judge(&h, &args()).0, 2);
+    }
 }

@@ -3,8 +3,12 @@
 //! Health always answers 200 while the process runs and says what is wrong in its body;
 //! readiness answers 503 when this process cannot do its job (shutting down, queue
 //! unreachable, or, for roles with workers, the database down). Queue state is read fresh,
-//! at most [`MAX_AGE`] old, so probes cannot hammer NATS.
+//! at most [`MAX_AGE`] old, so probes cannot hammer NATS. Health also carries the DLQ
+//! depth by error type, recomputed at most every [`DLQ_BY_REASON_MAX_AGE`] (see
+//! [`Collector::dlq_by_reason`] for why here), this process's worker count and its
+//! committed events per second over the last minute.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +26,25 @@ use crate::store::Store;
 pub const MAX_AGE: Duration = Duration::from_secs(1);
 /// Longest wait for one probe (queue or database).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Oldest DLQ-by-reason count served.
+pub const DLQ_BY_REASON_MAX_AGE: Duration = Duration::from_secs(5);
+/// Oldest DLQ-by-reason count served while the DLQ depth has not changed.
+const DLQ_BY_REASON_UNCHANGED_MAX_AGE: Duration = Duration::from_secs(60);
+/// Most dead letters read to count them by reason; beyond it the counts cover the oldest
+/// ones only and health says `dlq_by_reason_complete: false`.
+const DLQ_BY_REASON_SCAN: usize = 10_000;
+
+/// Dead letters counted by error type.
+#[derive(Clone, Debug, Default)]
+pub struct DlqByReason {
+    /// Error type → dead letters.
+    pub counts: BTreeMap<String, u64>,
+    /// False when the DLQ held more than the scan reads.
+    pub complete: bool,
+    /// DLQ depth when counted.
+    depth: u64,
+    at: Option<Instant>,
+}
 
 /// One reading of the world.
 #[derive(Clone, Debug)]
@@ -53,7 +76,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
         };
         let db_ok = matches!(db, Ok(Ok(())));
         let stalled = match (&self.pool, stats) {
-            (Some(pool), Some(s)) => s.depth() > 0 && pool.since_last_commit() > self.stall_after,
+            (Some(pool), Some(s)) => pool.observe_depth(s.depth(), self.stall_after),
             _ => false,
         };
         if let Some(s) = &stats {
@@ -71,7 +94,58 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
     }
 }
 
-/// The health document of DESIGN.md §4, plus `reasons` when degraded.
+impl<Q: Queue, S: Store> Collector<Q, S> {
+    /// The DLQ counted by error type, for `nsready status`.
+    ///
+    /// Why here and not in `status`: `status` must work on both deployments while the
+    /// service runs, and in embedded mode only the running process may open the queue file
+    /// (the DATA_DIR lock), so the count has to come from the service. It costs a scan of
+    /// the DLQ (one read per dead letter on JetStream, which has no cheap group-by), so it is
+    /// bounded: nothing is read while the DLQ is empty; a count is recomputed at most every
+    /// [`DLQ_BY_REASON_MAX_AGE`], and only once a minute while the DLQ depth is unchanged
+    /// (a DLQ that waits for an operator costs almost nothing); a scan reads at most
+    /// [`DLQ_BY_REASON_SCAN`] letters within [`PROBE_TIMEOUT`]. Only `/v1/health` asks;
+    /// readiness and metrics never wait for it. (Counting in `status` instead would need
+    /// the queue's own connection settings there, and would not work in embedded mode.)
+    pub async fn dlq_by_reason(&self, depth: u64) -> DlqByReason {
+        let mut cache = self.dlq_cache.lock().await;
+        if depth == 0 {
+            *cache = DlqByReason {
+                complete: true,
+                ..DlqByReason::default()
+            };
+            return cache.clone();
+        }
+        let fresh = cache.at.is_some_and(|at| {
+            at.elapsed() < DLQ_BY_REASON_MAX_AGE
+                || (cache.depth == depth && at.elapsed() < DLQ_BY_REASON_UNCHANGED_MAX_AGE)
+        });
+        if fresh {
+            return cache.clone();
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.queue.dlq_list(0, DLQ_BY_REASON_SCAN)).await
+        {
+            Ok(Ok(letters)) => {
+                let mut counts = BTreeMap::new();
+                for d in &letters {
+                    *counts.entry(d.error_type.clone()).or_default() += 1;
+                }
+                *cache = DlqByReason {
+                    complete: letters.len() as u64 >= depth,
+                    counts,
+                    depth,
+                    at: Some(Instant::now()),
+                };
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "DLQ unreadable; keeping the last count"),
+            Err(_) => tracing::debug!("DLQ count timed out; keeping the last count"),
+        }
+        cache.clone()
+    }
+}
+
+/// The health document of DESIGN.md §4, plus `reasons` when degraded, the DLQ by error
+/// type, and for roles with workers their number and recent throughput.
 pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>) -> Response {
     let r = app.reading().await;
     let mut reasons = Vec::new();
@@ -88,6 +162,16 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
         ));
     }
     let s = r.stats.unwrap_or_default();
+    let by_reason = match r.stats {
+        Some(s) => Some(app.dlq_by_reason(s.dlq_depth).await),
+        None => None,
+    };
+    let throughput = app.pool.as_ref().map(|p| {
+        json!({
+            "committed_per_sec": (p.committed_per_sec() * 100.0).round() / 100.0,
+            "window_secs": crate::worker::THROUGHPUT_WINDOW_SECS,
+        })
+    });
     let body = json!({
         "service": if reasons.is_empty() { "ok" } else { "degraded" },
         "queue_depth": s.depth(),
@@ -100,7 +184,11 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
             "waiting_pulls": s.waiting_pulls,
         },
         "dlq_depth": s.dlq_depth,
+        "dlq_by_reason": by_reason.as_ref().map(|b| &b.counts),
+        "dlq_by_reason_complete": by_reason.as_ref().map(|b| b.complete),
         "role": app.role,
+        "workers": app.pool.as_ref().map_or(0, |p| p.workers()),
+        "throughput": throughput,
         "reasons": reasons,
     });
     (StatusCode::OK, Json(body)).into_response()

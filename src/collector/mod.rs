@@ -43,6 +43,8 @@ pub struct Collector<Q, S> {
     pub(crate) shutdown: Shutdown,
     /// Last health reading (see `health::MAX_AGE`).
     pub(crate) health_cache: tokio::sync::Mutex<Option<health::Reading>>,
+    /// Last DLQ count by reason (see `health::DLQ_BY_REASON_MAX_AGE`).
+    pub(crate) dlq_cache: tokio::sync::Mutex<health::DlqByReason>,
 }
 
 /// Settings of the HTTP side, besides queue and store.
@@ -79,6 +81,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             role: settings.role,
             shutdown,
             health_cache: tokio::sync::Mutex::new(None),
+            dlq_cache: tokio::sync::Mutex::new(health::DlqByReason::default()),
         })
     }
 

@@ -421,6 +421,13 @@ fn timeout_error() -> QueueError {
     QueueError::Unavailable("no acknowledgement from JetStream within PUBLISH_TIMEOUT".into())
 }
 
+/// True for the server's answers about a missing sequence ("sequence N not found" when
+/// deleting, "no message found" when the message is already gone).
+fn is_no_message(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("not found") || t.contains("no message found")
+}
+
 fn nats_err(e: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(e.to_string())
 }
@@ -657,7 +664,7 @@ impl Queue for JetStreamQueue {
                     payload: m.payload,
                 }),
                 // Deleted (replayed or purged) sequences leave gaps.
-                Err(e) if e.to_string().to_ascii_lowercase().contains("not found") => {}
+                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {}
                 Err(e) => return Err(nats_err(e)),
             }
             seq += 1;
@@ -673,9 +680,7 @@ impl Queue for JetStreamQueue {
             .map_err(nats_err)?;
         match stream.delete_message(seq).await {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().to_ascii_lowercase().contains("not found") => {
-                Err(QueueError::NotFound(seq))
-            }
+            Err(e) if is_no_message(&e.to_string()) => Err(QueueError::NotFound(seq)),
             Err(e) => Err(nats_err(e)),
         }
     }

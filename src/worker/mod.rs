@@ -10,8 +10,8 @@
 pub mod disposition;
 pub mod process;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -25,21 +25,64 @@ use crate::store::Store;
 use disposition::RetryPolicy;
 use process::BatchResult;
 
-/// Health of the pool, shared with the HTTP health handler.
-#[derive(Debug, Default)]
+/// Width of the throughput window (`PoolState::committed_per_sec`), in seconds.
+pub const THROUGHPUT_WINDOW_SECS: i64 = 60;
+
+/// Health of the pool, shared with the HTTP health handler: store state, the stall clock,
+/// and a rolling count of committed events for the throughput figure.
+#[derive(Debug)]
 pub struct PoolState {
+    /// Worker loops in this process.
+    workers: usize,
     /// Set when a batch failed because the store is unavailable; cleared by a good ping.
     store_down: AtomicBool,
     /// Unix milliseconds of the last commit; 0 before the first.
     last_commit_ms: AtomicI64,
     /// Unix milliseconds when the pool started.
     started_ms: AtomicI64,
+    /// Unix milliseconds since which health has seen the queue not empty; 0 when it last
+    /// saw it empty. The stall clock starts at the later of this and the last commit.
+    nonempty_since_ms: AtomicI64,
+    /// Committed events per second of the last [`THROUGHPUT_WINDOW_SECS`]: slot
+    /// `sec % window` holds `(sec, events)`. Touched once per committed batch, not per event.
+    per_second: Mutex<Vec<(i64, u64)>>,
 }
 
 impl PoolState {
-    fn committed(&self) {
-        self.last_commit_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    /// State of a pool of `workers` loops starting now.
+    fn new(workers: usize) -> PoolState {
+        PoolState {
+            workers,
+            store_down: AtomicBool::new(false),
+            last_commit_ms: AtomicI64::new(0),
+            started_ms: AtomicI64::new(Utc::now().timestamp_millis()),
+            nonempty_since_ms: AtomicI64::new(0),
+            per_second: Mutex::new(vec![(i64::MIN, 0); THROUGHPUT_WINDOW_SECS as usize]),
+        }
+    }
+
+    /// Records a commit of `events` messages.
+    fn committed(&self, events: usize) {
+        self.committed_at(events, Utc::now().timestamp_millis());
+    }
+
+    fn committed_at(&self, events: usize, now_ms: i64) {
+        self.last_commit_ms.store(now_ms, Ordering::Relaxed);
+        let sec = now_ms.div_euclid(1000);
+        let slot = sec.rem_euclid(THROUGHPUT_WINDOW_SECS) as usize;
+        // A poisoned lock only means another thread panicked mid-update of a counter.
+        let mut buckets = self.per_second.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = buckets.get_mut(slot) {
+            if b.0 != sec {
+                *b = (sec, 0);
+            }
+            b.1 += events as u64;
+        }
+    }
+
+    /// Worker loops in this process.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// True while workers pause because the store is unavailable.
@@ -47,16 +90,56 @@ impl PoolState {
         self.store_down.load(Ordering::Relaxed)
     }
 
-    /// Time since the last commit (or since start, when nothing was committed yet).
-    pub fn since_last_commit(&self) -> Duration {
-        let last = self.last_commit_ms.load(Ordering::Relaxed);
-        let since = if last > 0 {
-            last
-        } else {
-            self.started_ms.load(Ordering::Relaxed)
+    /// Events committed per second over the last minute (over the pool's lifetime when it
+    /// is younger than that).
+    pub fn committed_per_sec(&self) -> f64 {
+        self.committed_per_sec_at(Utc::now().timestamp_millis())
+    }
+
+    fn committed_per_sec_at(&self, now_ms: i64) -> f64 {
+        let sec = now_ms.div_euclid(1000);
+        let total: u64 = self
+            .per_second
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(s, _)| (0..THROUGHPUT_WINDOW_SECS).contains(&sec.saturating_sub(*s)))
+            .map(|(_, n)| n)
+            .sum();
+        let age = (now_ms - self.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0;
+        let window = age.clamp(1.0, THROUGHPUT_WINDOW_SECS as f64);
+        total as f64 / window
+    }
+
+    /// Feeds one reading of the queue depth to the stall clock; true when the pool is
+    /// stalled: the queue has not been empty for longer than `after` and nothing was
+    /// committed in that time.
+    ///
+    /// The clock starts when health first sees the queue not empty, not at the last commit
+    /// or at pool start: after an idle hour, the first message to arrive is not a stall.
+    /// Readings come from health probes and scrapes, so a stall is reported at most
+    /// `after` plus one probe interval late, never early.
+    pub fn observe_depth(&self, depth: u64, after: Duration) -> bool {
+        self.observe_depth_at(depth, after, Utc::now().timestamp_millis())
+    }
+
+    fn observe_depth_at(&self, depth: u64, after: Duration, now_ms: i64) -> bool {
+        if depth == 0 {
+            self.nonempty_since_ms.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let since = match self.nonempty_since_ms.compare_exchange(
+            0,
+            now_ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now_ms,
+            Err(earlier) => earlier,
         };
-        let ms = (Utc::now().timestamp_millis() - since).max(0);
-        Duration::from_millis(ms as u64)
+        let quiet_from = since.max(self.last_commit_ms.load(Ordering::Relaxed));
+        let quiet = Duration::from_millis((now_ms - quiet_from).max(0) as u64);
+        quiet > after
     }
 }
 
@@ -101,10 +184,8 @@ pub struct WorkerPool<Q, S> {
 impl<Q: Queue, S: Store> WorkerPool<Q, S> {
     /// A pool over this queue and store.
     pub fn new(queue: Q, store: S, metrics: Metrics, args: &WorkerArgs) -> Self {
-        let state = Arc::new(PoolState::default());
-        state
-            .started_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        let size = args.worker_pool_size.max(1);
+        let state = Arc::new(PoolState::new(size));
         let registry = RegistryCache::new(
             store.clone(),
             args.validation_mode,
@@ -127,7 +208,7 @@ impl<Q: Queue, S: Store> WorkerPool<Q, S> {
                 state,
                 crash_after_commit: args.failpoint.as_deref() == Some("crash-after-commit"),
             },
-            size: args.worker_pool_size.max(1),
+            size,
         }
     }
 
@@ -197,5 +278,64 @@ async fn wait_for_store<Q: Queue, S: Store>(ctx: &Ctx<Q, S>, shutdown: &Shutdown
             () = shutdown.wait() => return false,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000;
+    const AFTER: Duration = Duration::from_secs(60);
+
+    fn pool_started_at(ms: i64) -> PoolState {
+        let p = PoolState::new(4);
+        p.started_ms.store(ms, Ordering::Relaxed);
+        p
+    }
+
+    #[test]
+    fn the_first_message_after_an_idle_spell_is_not_a_stall() {
+        let p = pool_started_at(T0);
+        // An hour without traffic (and without commits), then a message arrives.
+        let t = T0 + 3_600_000;
+        assert!(!p.observe_depth_at(1, AFTER, t));
+        assert!(!p.observe_depth_at(1, AFTER, t + 59_000));
+        // The same after commits long ago.
+        p.committed_at(10, t + 59_500);
+        assert!(!p.observe_depth_at(0, AFTER, t + 60_000));
+        assert!(!p.observe_depth_at(1, AFTER, t + 7_200_000));
+    }
+
+    #[test]
+    fn a_queue_not_empty_without_commits_for_longer_than_the_limit_is_a_stall() {
+        let p = pool_started_at(T0);
+        assert!(!p.observe_depth_at(5, AFTER, T0 + 1_000));
+        assert!(!p.observe_depth_at(5, AFTER, T0 + 61_000));
+        assert!(p.observe_depth_at(5, AFTER, T0 + 61_001));
+        // A commit restarts the clock; an empty queue clears it.
+        p.committed_at(1, T0 + 62_000);
+        assert!(!p.observe_depth_at(4, AFTER, T0 + 100_000));
+        assert!(p.observe_depth_at(4, AFTER, T0 + 122_001));
+        assert!(!p.observe_depth_at(0, AFTER, T0 + 130_000));
+        assert!(!p.observe_depth_at(4, AFTER, T0 + 131_000));
+    }
+
+    #[test]
+    fn throughput_counts_the_last_minute_only() {
+        let p = pool_started_at(T0);
+        assert_eq!(p.committed_per_sec_at(T0 + 500), 0.0);
+        // Young pool: divide by its age (at least one second).
+        p.committed_at(100, T0 + 5_000);
+        assert!((p.committed_per_sec_at(T0 + 10_000) - 10.0).abs() < 1e-9);
+        p.committed_at(500, T0 + 70_000);
+        p.committed_at(100, T0 + 70_200);
+        // At T0 + 90 s the commit at 5 s is out of the window.
+        assert!((p.committed_per_sec_at(T0 + 90_000) - 10.0).abs() < 1e-9);
+        // A slot reused a minute later starts from zero.
+        p.committed_at(60, T0 + 130_000);
+        assert!((p.committed_per_sec_at(T0 + 131_000) - 1.0).abs() < 1e-9);
+        assert_eq!(p.committed_per_sec_at(T0 + 500_000), 0.0);
+        assert_eq!(p.workers(), 4);
     }
 }

@@ -131,7 +131,7 @@ async fn write_rows<Q: Queue, S: Store>(ctx: &Ctx<Q, S>, items: &mut [Item<Q::Ha
             Ok(n) => {
                 let secs = started.elapsed().as_secs_f64();
                 ctx.metrics.batch_committed(group.len(), n, secs);
-                ctx.state.committed();
+                ctx.state.committed(group.len());
                 let now = Utc::now();
                 for &i in &group {
                     items[i].outcome = Some(Outcome::Committed);

@@ -6,6 +6,7 @@ mod drills;
 mod embedded;
 mod faults;
 mod harness;
+mod operator;
 mod pipeline;
 mod store_postgres;
 mod support;
