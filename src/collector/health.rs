@@ -161,7 +161,9 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
             app.stall_after.as_secs()
         ));
     }
-    let s = r.stats.unwrap_or_default();
+    // Unknown is not zero: while the queue cannot be read, the counts are null (and the
+    // service degraded), so nobody mistakes an unreachable queue for an empty one.
+    let known = |f: fn(&QueueStats) -> u64| r.stats.as_ref().map(f);
     let by_reason = match r.stats {
         Some(s) => Some(app.dlq_by_reason(s.dlq_depth).await),
         None => None,
@@ -174,16 +176,16 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
     });
     let body = json!({
         "service": if reasons.is_empty() { "ok" } else { "degraded" },
-        "queue_depth": s.depth(),
+        "queue_depth": known(QueueStats::depth),
         "db": if r.db_ok { "connected" } else { "disconnected" },
         "queue": {
             "consumer": app.consumer_name,
-            "pending": s.pending,
-            "ack_pending": s.ack_pending,
-            "redelivered": s.redelivered,
-            "waiting_pulls": s.waiting_pulls,
+            "pending": known(|s| s.pending),
+            "ack_pending": known(|s| s.ack_pending),
+            "redelivered": known(|s| s.redelivered),
+            "waiting_pulls": known(|s| s.waiting_pulls),
         },
-        "dlq_depth": s.dlq_depth,
+        "dlq_depth": known(|s| s.dlq_depth),
         "dlq_by_reason": by_reason.as_ref().map(|b| &b.counts),
         "dlq_by_reason_complete": by_reason.as_ref().map(|b| b.complete),
         "role": app.role,
