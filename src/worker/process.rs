@@ -195,7 +195,8 @@ async fn write_keeping_alive<Q: Queue, S: Store>(
 /// Rows of the given events, deduplicated by key (the later message wins) and sorted by
 /// key, so concurrent writers take row locks in the same order.
 pub fn build_rows<'a>(events: impl Iterator<Item = &'a Decoded>) -> Vec<Row> {
-    let mut by_key: HashMap<(chrono::DateTime<Utc>, uuid::Uuid, String), Row> = HashMap::new();
+    // (arrival order, row); sorting and deduplicating beats hashing every key.
+    let mut rows: Vec<(usize, Row)> = Vec::new();
     for d in events {
         let e = &d.event;
         let ts = e.source_timestamp();
@@ -219,12 +220,13 @@ pub fn build_rows<'a>(events: impl Iterator<Item = &'a Decoded>) -> Vec<Row> {
                 event_id,
                 attributes: serde_json::Value::Object(m.attributes().clone()),
             };
-            by_key.insert((ts, e.device_id(), row.parameter_key.clone()), row);
+            rows.push((rows.len(), row));
         }
     }
-    let mut rows: Vec<Row> = by_key.into_values().collect();
-    rows.sort_by(|a, b| a.key().cmp(&b.key()));
-    rows
+    // By key, and within a key the latest arrival first; then keep the first of each key.
+    rows.sort_unstable_by(|a, b| a.1.key().cmp(&b.1.key()).then(b.0.cmp(&a.0)));
+    rows.dedup_by(|later_in_vec, kept| later_in_vec.1.key() == kept.1.key());
+    rows.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Carries out every message's disposition: acks, NAKs grouped by delay, dead letters
@@ -311,5 +313,52 @@ async fn settle<Q: Queue, S: Store>(
         BatchResult::StoreDown
     } else {
         BatchResult::Settled { committed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(secs: u32, key: &str, value: f64) -> Decoded {
+        let body = format!(
+            r#"{{"project_id":"8212caa2-b928-4213-b64e-9f5b86f4cad1","site_id":"89a66770-bdcc-4c95-ac97-e1829cb7a960","device_id":"bc2c5e47-f17e-46f0-b5e7-76b214f4f6ad","protocol":"GPRS","source_timestamp":"2025-11-14T12:00:{secs:02}Z","metrics":[{{"parameter_key":"{key}","value":{value}}}]}}"#
+        );
+        envelope::decode(body.as_bytes()).expect("valid test event")
+    }
+
+    #[test]
+    fn rows_are_deduplicated_last_wins_and_sorted_by_key() {
+        let batch = [
+            decoded(5, "b", 1.0),
+            decoded(1, "a", 2.0),
+            decoded(5, "b", 3.0),
+            decoded(1, "a", 4.0),
+            decoded(1, "c", 5.0),
+        ];
+        let rows = build_rows(batch.iter());
+        let got: Vec<(u32, &str, Option<f64>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    chrono::Timelike::second(&r.time),
+                    r.parameter_key.as_str(),
+                    r.value,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "a", Some(4.0)),
+                (1, "c", Some(5.0)),
+                (5, "b", Some(3.0))
+            ]
+        );
+        assert!(
+            rows[0]
+                .event_id
+                .starts_with("bc2c5e47-f17e-46f0-b5e7-76b214f4f6ad:2025-11-14T12:00:01+00:00:a")
+        );
     }
 }
