@@ -247,3 +247,125 @@ async fn kill_9_mid_load_then_restart_loses_nothing() {
     // then a row too, never a duplicate (one row per key).
     assert!(landed.len() as i64 <= n * 20);
 }
+
+/// A full disk (a 4 MiB tmpfs as DATA_DIR): ingest answers 503 with Retry-After, the
+/// process keeps serving (no panic), and every accepted event is a row or still queued.
+/// Needs root for the mount, as CI and the development machine have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_503_and_loses_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot mount a tmpfs; this check runs in CI (root)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.to_str().expect("utf-8 path").to_string();
+    let out = bin()
+        .args(["registry", "demo", "--data-dir", &data])
+        .output()
+        .expect("registry demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port().to_string();
+    let serve = Proc(
+        bin()
+            .args([
+                "serve",
+                "--service-host",
+                "127.0.0.1",
+                "--service-port",
+                &port,
+                "--data-dir",
+                &data,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("ready", Duration::from_secs(30), || {
+        let url = format!("{base}/v1/ready");
+        async move {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut accepted = 0u64;
+    let mut saw_503 = false;
+    for n in 0..400i64 {
+        let events: Vec<_> = (0..50)
+            .map(|k| {
+                let mut e = event(n * 50 + k, &[("voltage", 1.0)]);
+                e["metadata"] = serde_json::json!({"pad": "x".repeat(2000)});
+                e
+            })
+            .collect();
+        let r = http
+            .post(format!("{base}/v1/ingest/batch"))
+            .header("content-type", "application/json")
+            .body(serde_json::Value::Array(events).to_string())
+            .send()
+            .await
+            .expect("the service keeps answering");
+        let status = r.status();
+        let retry_after = r.headers().get("retry-after").is_some();
+        let body: serde_json::Value = r.json().await.expect("json body");
+        accepted += body["accepted"].as_u64().unwrap_or(0);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(retry_after, "{body}");
+            saw_503 = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert!(saw_503, "the disk filled up and ingest said so");
+    eprintln!("full disk: accepted {accepted} before the 503");
+    let h: serde_json::Value = http
+        .get(format!("{base}/v1/health"))
+        .send()
+        .await
+        .expect("health still answers")
+        .json()
+        .await
+        .expect("json");
+    drop(serve);
+    // Count with the service stopped: rows in the store + messages still in the queue.
+    let conn = rusqlite::Connection::open(mnt.join("nsready.db")).expect("open store");
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM ingest_events", [], |r| r.get(0))
+        .expect("count");
+    let q = rusqlite::Connection::open(mnt.join("queue.db")).expect("open queue");
+    let queued: i64 = q
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .expect("count queued");
+    let dead: i64 = q
+        .query_row("SELECT count(*) FROM dlq", [], |r| r.get(0))
+        .expect("dlq");
+    assert_eq!(
+        rows + queued + dead,
+        accepted as i64,
+        "accepted = rows + queued + dead letters (health was {h})"
+    );
+}
