@@ -417,6 +417,28 @@ fn publish_error(e: impl std::fmt::Display) -> QueueError {
     }
 }
 
+/// How long past a pull's expiry we still wait for the server to end it.
+const FETCH_GRACE: Duration = Duration::from_millis(100);
+
+/// Reads what is left of a pull we stopped waiting for, until the server (or the client
+/// library's own timer, a few seconds on) ends it, and NAKs every late message without
+/// delay: it goes straight back to the other pulls instead of waiting out the ack wait.
+/// Bounded by that timer, so it needs no shutdown handle.
+fn drain_late(mut batch: consumer::pull::Batch) {
+    tokio::spawn(async move {
+        let mut late = 0u32;
+        while let Some(Ok(msg)) = batch.next().await {
+            late += 1;
+            if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(error = %e, "NAK of a late pull message failed; it returns after the ack wait");
+            }
+        }
+        if late > 0 {
+            tracing::debug!(late, "gave back messages that arrived after the pull expired");
+        }
+    });
+}
+
 fn timeout_error() -> QueueError {
     QueueError::Unavailable("no acknowledgement from JetStream within PUBLISH_TIMEOUT".into())
 }
@@ -511,20 +533,28 @@ impl Queue for JetStreamQueue {
             .await
             .map_err(nats_err)?;
         let mut out = Vec::with_capacity(max);
-        // The request ends after `max` messages or at `expires`; bound the wait ourselves
-        // too, in case the server goes away mid-request.
-        let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(2);
+        // The request ends after `max` messages or when the server says it expired. nats-server
+        // 2.9 sometimes sends that "408 Request Timeout" late when a pull got part of a batch,
+        // so we stop waiting shortly after `expires` ourselves (FETCH_GRACE) and hand the
+        // still-open request to `drain_late`, which gives back anything that arrives later.
+        let deadline = tokio::time::Instant::now() + wait + FETCH_GRACE;
+        let mut ended = false;
         loop {
             let next = tokio::time::timeout_at(deadline, batch.next()).await;
             let msg = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
+                    ended = true;
                     if out.is_empty() {
                         return Err(nats_err(e));
                     }
                     break;
                 }
-                Ok(None) | Err(_) => break,
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => break,
             };
             let (seq, delivered, published_at) = match msg.info() {
                 Ok(i) => (
@@ -542,6 +572,9 @@ impl Queue for JetStreamQueue {
                 published_at,
                 handle: msg,
             });
+        }
+        if !ended && out.len() < max {
+            drain_late(batch);
         }
         Ok(out)
     }
