@@ -4,6 +4,7 @@
 mod embedded;
 mod faults;
 mod harness;
+mod loadgen;
 mod pipeline;
 mod store_postgres;
 mod support;
