@@ -10,7 +10,8 @@
 //! - **JetStream**: `--messages` envelopes of ~600 bytes (an event with 3 metrics, as the
 //!   collector publishes it, with `Nats-Msg-Id`) into a work-queue file stream like `INGRESS`:
 //!   async publish with `--in-flight` acks outstanding; then pull-consume + ack them with 4
-//!   consumers fetching 500 at a time (nsready's default pool and batch); then both at once.
+//!   consumers fetching 500 at a time (nsready's default pool and batch); then both at once,
+//!   with that fetch pattern and with continuous pull streams (`messages()`).
 //!
 //! Needs a migrated database with the demo registry (`nsready migrate`, `registry demo`): the
 //! rows use its devices and parameter keys so the foreign keys hold. Prints one JSON object.
@@ -340,6 +341,41 @@ async fn consume(
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Consumes and acks `n` messages with CONSUMERS continuous pull streams (`messages()`, the
+/// client's own flow control: the next pull goes out before the previous one is used up);
+/// msgs/s from `started`.
+async fn consume_stream(
+    client: &async_nats::Client,
+    c: &consumer::Consumer<consumer::pull::Config>,
+    n: usize,
+    started: Instant,
+) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONSUMERS {
+        let (c, client, done) = (c.clone(), client.clone(), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            let mut msgs = c.stream().max_messages_per_batch(FETCH).messages().await?;
+            while done.load(Ordering::Relaxed) < n as u64 {
+                match tokio::time::timeout(Duration::from_millis(100), msgs.next()).await {
+                    Ok(Some(m)) => {
+                        m?.ack().await?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            client.flush().await?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 async fn nats_baselines(url: &str, n: usize, window: usize) -> Result<Value> {
     let client = async_nats::connect(url).await?;
     let js = jetstream::new(client.clone());
@@ -351,7 +387,7 @@ async fn nats_baselines(url: &str, n: usize, window: usize) -> Result<Value> {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             discard: stream::DiscardPolicy::New,
-            max_messages: i64::try_from(n * 2).unwrap_or(i64::MAX),
+            max_messages: i64::try_from(n * 3).unwrap_or(i64::MAX),
             max_bytes: 8 << 30,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
@@ -369,11 +405,17 @@ async fn nats_baselines(url: &str, n: usize, window: usize) -> Result<Value> {
     let payload_bytes = envelope(0).1.len();
     let pub_rate = publish(&js, n, window, 0).await?;
     let cons_rate = consume(&client, &c, n, Instant::now()).await?;
-    // Both at once, as the pipeline runs: publishers and consumers share the server.
+    // Both at once, as the pipeline runs: publishers and consumers share the server. First
+    // with nsready's pattern (fetch 500 / 100 ms), then with continuous pull streams.
     let started = Instant::now();
     let js2 = js.clone();
     let publisher = tokio::spawn(async move { publish(&js2, n, window, n).await });
     let both = consume(&client, &c, n, started).await?;
+    publisher.await??;
+    let started = Instant::now();
+    let js2 = js.clone();
+    let publisher = tokio::spawn(async move { publish(&js2, n, window, 2 * n).await });
+    let both_stream = consume_stream(&client, &c, n, started).await?;
     publisher.await??;
     js.delete_stream(STREAM).await?;
     Ok(json!({
@@ -385,6 +427,7 @@ async fn nats_baselines(url: &str, n: usize, window: usize) -> Result<Value> {
         "publish_msgs_per_s": pub_rate.round(),
         "consume_msgs_per_s": cons_rate.round(),
         "publish_consume_concurrent_msgs_per_s": both.round(),
+        "publish_consume_concurrent_stream_msgs_per_s": both_stream.round(),
     }))
 }
 
