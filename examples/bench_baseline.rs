@@ -431,6 +431,17 @@ async fn nats_baselines(url: &str, n: usize, window: usize) -> Result<Value> {
     }))
 }
 
+/// CPU seconds (user + system) this process used: the baseline client's own share.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -457,6 +468,7 @@ async fn main() -> Result<()> {
         eprintln!("baseline: JetStream, {} messages ...", args.messages);
         out["jetstream"] = nats_baselines(url, args.messages, args.in_flight).await?;
     }
+    out["client_cpu_s"] = json!((cpu_seconds() * 100.0).round() / 100.0);
     println!("{out}");
     Ok(())
 }

@@ -250,9 +250,15 @@ fn main() -> Result<()> {
     )?;
     writeln!(
         w,
-        "- **nsready**: release build, default settings (`WORKER_POOL_SIZE` 4, \
-         `WORKER_BATCH_SIZE` 500, `WORKER_BATCH_TIMEOUT` 0.1 s, `DB_POOL_SIZE` 8), \
-         `LOG_LEVEL=warn`."
+        "- **nsready**: release build, {} settings ({}), `LOG_LEVEL=warn`.",
+        if meta["nsready_settings_default"] == false {
+            "**non-default**"
+        } else {
+            "default"
+        },
+        meta["nsready_settings"].as_str().unwrap_or(
+            "WORKER_POOL_SIZE 4, WORKER_BATCH_SIZE 500, WORKER_BATCH_TIMEOUT 0.1 s, DB_POOL_SIZE 8"
+        )
     )?;
     writeln!(
         w,
@@ -457,7 +463,7 @@ fn main() -> Result<()> {
     )?;
     writeln!(
         w,
-        "| run | wall (s) | loadgen | nsready | nats-server | postgres | others | busy | nsready CPU ms per 1,000 events |\n|---|---|---|---|---|---|---|---|---|"
+        "| run | wall (s) | client (loadgen) | nsready | nats-server | postgres | others | busy | nsready CPU ms per 1,000 events |\n|---|---|---|---|---|---|---|---|---|"
     )?;
     let nproc = meta["nproc"].as_f64().unwrap_or(1.0);
     let mut cpu_rows: Vec<(String, Value, Value, f64)> = runs
@@ -472,12 +478,22 @@ fn main() -> Result<()> {
             )
         })
         .collect();
+    cpu_rows.insert(
+        0,
+        (
+            "raw baselines (client: bench_baseline)".into(),
+            read_json(d, "baseline.cpu"),
+            base["client_cpu_s"].clone(),
+            0.0,
+        ),
+    );
     cpu_rows.push((
         "backlog drain (worker only)".into(),
         read_json(d, "backlog.cpu"),
         Value::from(0.0),
         backlog["events"].as_f64().unwrap_or(0.0),
     ));
+    let mut disturbed = Vec::new();
     for (label, c, client, events) in &cpu_rows {
         if c.is_null() {
             continue;
@@ -486,6 +502,9 @@ fn main() -> Result<()> {
         let client = client.as_f64().unwrap_or(0.0);
         let ours = f("nats_s") + f("postgres_s") + f("nsready_s") + client;
         let others = (f("machine_s") - ours).max(0.0);
+        if others > 0.10 * f("wall_s") * nproc {
+            disturbed.push(label.clone());
+        }
         let busy = if f("wall_s") > 0.0 {
             format!("{:.0} %", 100.0 * f("machine_s") / (f("wall_s") * nproc))
         } else {
@@ -503,6 +522,14 @@ fn main() -> Result<()> {
             f("nsready_s"),
             f("nats_s"),
             f("postgres_s"),
+        )?;
+    }
+    if !disturbed.is_empty() {
+        writeln!(
+            w,
+            "\n**Disturbed:** other work on the shared machine took more than 10 % of the cores \
+             during: {}. Those figures are low; rerun on a quiet machine to compare.",
+            disturbed.join("; ")
         )?;
     }
     writeln!(
