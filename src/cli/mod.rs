@@ -4,6 +4,7 @@
 //! `anyhow` is used here and in `main.rs` only.
 
 mod dlq;
+mod loadgen;
 mod registry;
 mod serve;
 mod status;
@@ -58,6 +59,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send realistic traffic to a running nsready and report its capacity: accepted/s,
+    /// committed rows/s, latency percentiles, and a check that every accepted event landed
+    /// exactly once (exit 1 when not). Needs the service's store settings and an otherwise
+    /// idle database (it counts rows before and after).
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 /// Runs the parsed command.
@@ -72,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => dlq::run(&s, cmd).await,
         Command::Registry(cmd) => registry::run(&s, cmd).await,
         Command::Latest { device, json } => registry::latest(&s, device, json).await,
+        Command::Loadgen(args) => loadgen::run(&s, args).await,
     }
 }
 

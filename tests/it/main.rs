@@ -6,6 +6,7 @@ mod drills;
 mod embedded;
 mod faults;
 mod harness;
+mod loadgen;
 mod operator;
 mod pipeline;
 mod store_postgres;

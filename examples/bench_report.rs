@@ -1,0 +1,666 @@
+//! Renders `BENCHMARKS.md` from the results `scripts/bench` collected (not a test).
+//!
+//! Reads the JSON files of one run (`meta`, `baseline`, one loadgen report per run, the
+//! backlog drain) and the memory samples (`rss.log`: elapsed s, process, pid, VmRSS kB;
+//! `hwm.log`: process, pid, VmHWM kB), and writes the figures, the ratios to the raw baselines
+//! and the issue's targets. Everything in the previous file below [`KEEP_MARKER`] (the
+//! hand-written analysis and the history) is carried over unchanged.
+//!
+//! `bench_report --dir RESULTS --out BENCHMARKS.md --keep-from BENCHMARKS.md`
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde_json::Value;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Everything below this line of the old file is kept.
+const KEEP_MARKER: &str = "<!-- scripts/bench keeps everything below this line -->";
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Directory with the run's results.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where to write the report.
+    #[arg(long)]
+    out: PathBuf,
+    /// Previous report whose sections below the keep marker are carried over.
+    #[arg(long)]
+    keep_from: Option<PathBuf>,
+}
+
+fn read_json(dir: &Path, name: &str) -> Value {
+    std::fs::read_to_string(dir.join(format!("{name}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str(t.trim()).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Thousands separators.
+fn group(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let n = x.round() as i64;
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn num(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), group)
+}
+
+fn ms(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn pct(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.0} %", 100.0 * a / b),
+        _ => "-".into(),
+    }
+}
+
+fn describe(r: &Value) -> String {
+    let batch = r["batch"].as_u64().unwrap_or(0);
+    let mode = if batch > 0 {
+        format!("batch {batch}")
+    } else {
+        "single-event".into()
+    };
+    let rate = match r["rate_target"].as_f64() {
+        Some(x) if x > 0.0 => format!("at {} ev/s", group(x)),
+        _ => "max".into(),
+    };
+    format!(
+        "{mode}, {} in flight, {rate}",
+        r["concurrency"].as_u64().unwrap_or(0)
+    )
+}
+
+/// Memory samples of one process label: (elapsed s, VmRSS kB).
+fn rss_samples(dir: &Path) -> BTreeMap<String, Vec<(u64, u64)>> {
+    let mut out: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let text = std::fs::read_to_string(dir.join("rss.log")).unwrap_or_default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [t, label, _pid, kb] = f[..] {
+            if let (Ok(t), Ok(kb)) = (t.parse(), kb.parse()) {
+                out.entry(label.to_string()).or_default().push((t, kb));
+            }
+        }
+    }
+    out
+}
+
+fn hwm(dir: &Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(dir.join("hwm.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [label, _pid, kb] => Some((label.to_string(), kb.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.0}", kb as f64 / 1024.0)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let d = &args.dir;
+    let meta = read_json(d, "meta");
+    let base = read_json(d, "baseline");
+    let pg = &base["postgres"];
+    let js = &base["jetstream"];
+    let runs: Vec<(&str, &str, Value)> = vec![
+        ("so-single", "scale-out `serve`", read_json(d, "so-single")),
+        ("so-batch", "scale-out `serve`", read_json(d, "so-batch")),
+        ("so-half", "scale-out `serve`", read_json(d, "so-half")),
+        ("emb-batch", "embedded `serve`", read_json(d, "emb-batch")),
+        ("emb-single", "embedded `serve`", read_json(d, "emb-single")),
+    ];
+    let backlog_load = read_json(d, "backlog-load");
+    let backlog = read_json(d, "backlog");
+    let up1 = pg["upsert_platform_schema_rows_per_s_1conn"].as_f64();
+    let up2 = pg["upsert_platform_schema_rows_per_s_2conn"].as_f64();
+    let up_best = match (up1, up2) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    // The better of the two concurrent patterns is what JetStream can do here.
+    let js_both = match (
+        js["publish_consume_concurrent_msgs_per_s"].as_f64(),
+        js["publish_consume_concurrent_stream_msgs_per_s"].as_f64(),
+    ) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let drain_rows_per_s = match (backlog["rows"].as_f64(), backlog["drain_s"].as_f64()) {
+        (Some(r), Some(s)) if s > 0.0 => Some(r / s),
+        _ => None,
+    };
+    let drain_events_per_s = match (backlog["events"].as_f64(), backlog["drain_s"].as_f64()) {
+        (Some(e), Some(s)) if s > 0.0 => Some(e / s),
+        _ => None,
+    };
+    let smoke = meta["mode"] == "smoke";
+
+    let mut o = String::new();
+    let w = &mut o;
+    writeln!(w, "# Benchmarks\n")?;
+    if smoke {
+        writeln!(
+            w,
+            "**Smoke run** (`scripts/bench --smoke`): tiny counts, for correctness only; the \
+             figures below mean nothing about speed.\n"
+        )?;
+    }
+    writeln!(
+        w,
+        "Written by `scripts/bench` on {} ({} run: {} s in all, of which {} s building). \
+         Reproduce with `scripts/bench` from a clean clone; knobs: `BENCH_EVENTS` (backlog \
+         events, used here: {}), `BENCH_ROWS` (baseline rows: {}), `BENCH_MESSAGES` (JetStream \
+         messages: {}), `BENCH_DURATION` (seconds per loadgen run: {}). `scripts/bench --smoke` \
+         is the seconds-long correctness version CI runs.\n",
+        meta["date"].as_str().unwrap_or("?"),
+        meta["mode"].as_str().unwrap_or("?"),
+        num(&meta["total_s"]),
+        num(&meta["build_s"]),
+        num(&meta["bench_events"]),
+        num(&meta["bench_rows"]),
+        num(&meta["bench_messages"]),
+        num(&meta["bench_duration"]),
+    )?;
+
+    writeln!(w, "## Machine and versions\n")?;
+    writeln!(w, "| | |\n|---|---|")?;
+    writeln!(
+        w,
+        "| cores (`nproc`) | {} (shared; everything below runs on them, loadgen included) |",
+        meta["nproc"]
+    )?;
+    writeln!(w, "| CPU | {} |", meta["cpu"].as_str().unwrap_or("?"))?;
+    writeln!(
+        w,
+        "| memory | {:.1} GiB |",
+        meta["mem_kb"].as_f64().unwrap_or(0.0) / 1024.0 / 1024.0
+    )?;
+    writeln!(w, "| kernel | {} |", meta["kernel"].as_str().unwrap_or("?"))?;
+    writeln!(
+        w,
+        "| nats-server | {} |",
+        meta["nats_server"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        w,
+        "| PostgreSQL | {} |",
+        meta["postgres"].as_str().unwrap_or("?")
+    )?;
+    writeln!(w, "| rustc | {} |", meta["rustc"].as_str().unwrap_or("?"))?;
+    writeln!(
+        w,
+        "| nsready | git {} |\n",
+        meta["nsready_rev"].as_str().unwrap_or("?")
+    )?;
+
+    writeln!(w, "## Settings\n")?;
+    writeln!(
+        w,
+        "- Everything on loopback on this one machine: nats-server, PostgreSQL, nsready and the \
+         load generator share the {} cores, so the client's CPU is part of every figure.",
+        meta["nproc"]
+    )?;
+    writeln!(
+        w,
+        "- **PostgreSQL**: a fresh `initdb` cluster with default settings (`fsync`, \
+         `synchronous_commit` and `full_page_writes` on, `shared_buffers` 128 MB): durable \
+         commits, honest numbers. Platform schema (primary key, both foreign keys, the \
+         `(device_id, parameter_key, time DESC)` index). `ingest_events` is truncated before \
+         each measured run, so every run (and every baseline) starts from an empty table."
+    )?;
+    writeln!(
+        w,
+        "- **nats-server**: defaults (`-js`, file storage, JetStream's default 2-minute sync \
+         interval). Stream `INGRESS` as nsready provisions it (work queue, `discard: new`); \
+         `STREAM_MAX_MSGS`/`STREAM_MAX_BYTES` raised so the backlog fits."
+    )?;
+    writeln!(
+        w,
+        "- **nsready**: release build, {} settings ({}), `LOG_LEVEL=warn`.",
+        if meta["nsready_settings_default"] == false {
+            "**non-default**"
+        } else {
+            "default"
+        },
+        meta["nsready_settings"].as_str().unwrap_or(
+            "WORKER_POOL_SIZE 4, WORKER_BATCH_SIZE 500, WORKER_BATCH_TIMEOUT 0.1 s, DB_POOL_SIZE 8"
+        )
+    )?;
+    writeln!(
+        w,
+        "- **Load** (`nsready loadgen`): {} devices (the demo's 2 with templates plus a bench \
+         project), 3 metrics per event (~600-byte events), every event with keys of its own; \
+         committed = first POST until the queue is drained; POST → committed from the \
+         workers' `ingest_processing_duration_seconds` histogram (×2 buckets, interpolated). \
+         Each run's rows are counted and compared with accepted events × 3.\n",
+        num(&meta["devices"])
+    )?;
+
+    writeln!(
+        w,
+        "## Raw baselines (same run, same row and message shapes)\n"
+    )?;
+    writeln!(w, "| write path | rate |\n|---|---|")?;
+    writeln!(
+        w,
+        "| PostgreSQL binary COPY, fresh logged table with the primary key only, {} rows | {} rows/s |",
+        num(&pg["rows"]),
+        num(&pg["copy_pk_only_rows_per_s"])
+    )?;
+    writeln!(
+        w,
+        "| PostgreSQL bulk upsert into `ingest_events` (platform schema), nsready's `UNNEST ... ON CONFLICT DO UPDATE`, {}-row statements, 1 connection | {} rows/s |",
+        num(&pg["batch_rows"]),
+        num(&pg["upsert_platform_schema_rows_per_s_1conn"])
+    )?;
+    writeln!(
+        w,
+        "| same, 2 connections | {} rows/s |",
+        num(&pg["upsert_platform_schema_rows_per_s_2conn"])
+    )?;
+    writeln!(
+        w,
+        "| JetStream async publish, {} messages of {} bytes with `Nats-Msg-Id`, {} acks in flight | {} msgs/s |",
+        num(&js["messages"]),
+        num(&js["payload_bytes"]),
+        num(&js["acks_in_flight"]),
+        num(&js["publish_msgs_per_s"])
+    )?;
+    writeln!(
+        w,
+        "| JetStream pull consume + ack, {} consumers fetching {} | {} msgs/s |",
+        num(&js["consumers"]),
+        num(&js["fetch"]),
+        num(&js["consume_msgs_per_s"])
+    )?;
+    writeln!(
+        w,
+        "| JetStream publish and consume at the same time, consumers fetching {} with 100 ms expiry (nsready's pattern) | {} msgs/s |",
+        num(&js["fetch"]),
+        num(&js["publish_consume_concurrent_msgs_per_s"])
+    )?;
+    writeln!(
+        w,
+        "| JetStream publish and consume at the same time, continuous pull streams (`messages()`) | {} msgs/s |\n",
+        num(&js["publish_consume_concurrent_stream_msgs_per_s"])
+    )?;
+
+    writeln!(w, "## nsready end to end\n")?;
+    writeln!(
+        w,
+        "| deployment | load | accepted events/s | committed events/s | committed rows/s | POST latency p50 / p95 / p99 / max (ms) | POST → committed p50 / p95 / p99 (ms) | 503 | rows check |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|---|---|---|")?;
+    for (_, dep, r) in &runs {
+        if r.is_null() {
+            continue;
+        }
+        let l = &r["latency_ms"];
+        let c = &r["commit_latency_ms"];
+        let per = if r["batch"].as_u64().unwrap_or(0) > 0 {
+            " per request"
+        } else {
+            ""
+        };
+        writeln!(
+            w,
+            "| {dep} | {} | {} | {} | {} | {} / {} / {} / {}{per} | {} / {} / {} | {} | {} ({} = {} × 3) |",
+            describe(r),
+            num(&r["accepted_events_per_s"]),
+            num(&r["committed_events_per_s"]),
+            num(&r["committed_rows_per_s"]),
+            ms(&l["p50"]),
+            ms(&l["p95"]),
+            ms(&l["p99"]),
+            ms(&l["max"]),
+            ms(&c["p50"]),
+            ms(&c["p95"]),
+            ms(&c["p99"]),
+            num(&r["refused_503_events"]),
+            r["verification"]["status"].as_str().unwrap_or("?"),
+            num(&r["verification"]["actual_rows"]),
+            num(&r["accepted_events"]),
+        )?;
+    }
+    writeln!(w)?;
+
+    writeln!(w, "## Backlog drain\n")?;
+    writeln!(
+        w,
+        "{} events were queued through `nsready collector` alone (no worker running; {}, \
+         accepted at {} events/s, POST p99 {} ms per request); then one `nsready worker` \
+         process (4 worker loops) was started and timed, from process start until its \
+         `ingest_rows_total` reached the accepted rows.\n",
+        num(&backlog["events"]),
+        describe(&backlog_load),
+        num(&backlog_load["accepted_events_per_s"]),
+        ms(&backlog_load["latency_ms"]["p99"]),
+    )?;
+    writeln!(
+        w,
+        "| rows | drain time | rows/s | events/s | rows check |\n|---|---|---|---|---|"
+    )?;
+    writeln!(
+        w,
+        "| {} | {:.1} s | {} | {} | {} ({} rows for {} accepted events × 3; queue depth after: {}) |\n",
+        num(&backlog["rows"]),
+        backlog["drain_s"].as_f64().unwrap_or(0.0),
+        drain_rows_per_s.map_or_else(|| "-".into(), group),
+        drain_events_per_s.map_or_else(|| "-".into(), group),
+        backlog["status"].as_str().unwrap_or("?"),
+        num(&backlog["rows"]),
+        num(&backlog["events"]),
+        backlog["queue_depth_after"],
+    )?;
+
+    writeln!(w, "## Ratios to the raw baselines\n")?;
+    writeln!(
+        w,
+        "Raw bulk upsert = the better of 1 and 2 connections ({} rows/s); raw JetStream = \
+         publish and consume at the same time, the better of the two consumer patterns ({} \
+         msgs/s).\n",
+        up_best.map_or_else(|| "-".into(), group),
+        js_both.map_or_else(|| "-".into(), group)
+    )?;
+    writeln!(
+        w,
+        "| run | nsready rows/s ÷ raw bulk-upsert rows/s | nsready events/s ÷ raw JetStream publish+consume msgs/s |\n|---|---|---|"
+    )?;
+    for (_, dep, r) in &runs {
+        if r.is_null() {
+            continue;
+        }
+        writeln!(
+            w,
+            "| {dep}, {} | {} | {} |",
+            describe(r),
+            pct(r["committed_rows_per_s"].as_f64(), up_best),
+            pct(r["committed_events_per_s"].as_f64(), js_both),
+        )?;
+    }
+    writeln!(
+        w,
+        "| backlog drain (worker only) | **{}** (vs 1 connection: {}) | {} |\n",
+        pct(drain_rows_per_s, up_best),
+        pct(drain_rows_per_s, up1),
+        pct(drain_events_per_s, js["consume_msgs_per_s"].as_f64()),
+    )?;
+    writeln!(
+        w,
+        "(The drain row compares events/s with JetStream consume alone, since nothing is \
+         published meanwhile. Embedded runs are compared with the same PostgreSQL and \
+         JetStream baselines for scale; their store is SQLite.)\n"
+    )?;
+
+    writeln!(
+        w,
+        "## Server-side splits (from each run's `/metrics` deltas)\n"
+    )?;
+    writeln!(
+        w,
+        "| run | batch size (messages) mean / p99 | DB write per batch mean / p99 (ms) | publish wait mean / p99 (ms) |\n|---|---|---|---|"
+    )?;
+    for (_, dep, r) in &runs {
+        if r.is_null() {
+            continue;
+        }
+        let s = &r["server"];
+        writeln!(
+            w,
+            "| {dep}, {} | {} / {} | {} / {} | {} / {} |",
+            describe(r),
+            ms(&s["batch_size"]["mean"]),
+            ms(&s["batch_size"]["p99"]),
+            ms(&s["db_write_ms"]["mean"]),
+            ms(&s["db_write_ms"]["p99"]),
+            ms(&s["publish_ms"]["mean"]),
+            ms(&s["publish_ms"]["p99"]),
+        )?;
+    }
+    writeln!(w)?;
+
+    writeln!(w, "## CPU: who used the cores during each run\n")?;
+    writeln!(
+        w,
+        "CPU seconds (user + system) from `/proc/<pid>/stat` before and after each run (load \
+         and drain); \"others\" is the machine's busy time minus ours (other users of the \
+         shared box); busy = all of it ÷ (wall × {} cores).\n",
+        meta["nproc"]
+    )?;
+    writeln!(
+        w,
+        "| run | wall (s) | client (loadgen) | nsready | nats-server | postgres | others | busy | nsready CPU ms per 1,000 events |\n|---|---|---|---|---|---|---|---|---|"
+    )?;
+    let nproc = meta["nproc"].as_f64().unwrap_or(1.0);
+    let mut cpu_rows: Vec<(String, Value, Value, f64)> = runs
+        .iter()
+        .filter(|(_, _, r)| !r.is_null())
+        .map(|(name, dep, r)| {
+            (
+                format!("{dep}, {}", describe(r)),
+                read_json(d, &format!("{name}.cpu")),
+                r["client_cpu_s"].clone(),
+                r["accepted_events"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    cpu_rows.insert(
+        0,
+        (
+            "raw baselines (client: bench_baseline)".into(),
+            read_json(d, "baseline.cpu"),
+            base["client_cpu_s"].clone(),
+            0.0,
+        ),
+    );
+    cpu_rows.push((
+        "backlog drain (worker only)".into(),
+        read_json(d, "backlog.cpu"),
+        Value::from(0.0),
+        backlog["events"].as_f64().unwrap_or(0.0),
+    ));
+    let mut disturbed = Vec::new();
+    for (label, c, client, events) in &cpu_rows {
+        if c.is_null() {
+            continue;
+        }
+        let f = |k: &str| c[k].as_f64().unwrap_or(0.0);
+        let client = client.as_f64().unwrap_or(0.0);
+        let ours = f("nats_s") + f("postgres_s") + f("nsready_s") + client;
+        let others = (f("machine_s") - ours).max(0.0);
+        if others > 0.10 * f("wall_s") * nproc {
+            disturbed.push(label.clone());
+        }
+        let busy = if f("wall_s") > 0.0 {
+            format!("{:.0} %", 100.0 * f("machine_s") / (f("wall_s") * nproc))
+        } else {
+            "-".into()
+        };
+        let per_k = if *events > 0.0 {
+            format!("{:.0}", 1000.0 * f("nsready_s") / events * 1000.0)
+        } else {
+            "-".into()
+        };
+        writeln!(
+            w,
+            "| {label} | {:.1} | {client:.1} | {:.1} | {:.1} | {:.1} | {others:.1} | {busy} | {per_k} |",
+            f("wall_s"),
+            f("nsready_s"),
+            f("nats_s"),
+            f("postgres_s"),
+        )?;
+    }
+    if !disturbed.is_empty() {
+        writeln!(
+            w,
+            "\n**Disturbed:** other work on the shared machine took more than 10 % of the cores \
+             during: {}. Those figures are low; rerun on a quiet machine to compare.",
+            disturbed.join("; ")
+        )?;
+    }
+    writeln!(
+        w,
+        "\nLoad average at the start / end of the whole run: {} / {}.\n",
+        meta["loadavg_start"].as_str().unwrap_or("?"),
+        meta["loadavg_end"].as_str().unwrap_or("?")
+    )?;
+
+    writeln!(w, "## Memory\n")?;
+    writeln!(
+        w,
+        "VmHWM (peak RSS) read from `/proc/<pid>/status` just before each process was stopped; \
+         VmRSS sampled every second over the process's life (ten evenly spaced samples shown, \
+         to see whether it grows with run length or queue size).\n"
+    )?;
+    writeln!(
+        w,
+        "| process | life (s) | VmHWM (MiB) | VmRSS min / median / max (MiB) | VmRSS over time (MiB) |\n|---|---|---|---|---|"
+    )?;
+    let samples = rss_samples(d);
+    let peaks = hwm(d);
+    for label in ["serve-scaleout", "collector", "worker", "serve-embedded"] {
+        let Some(s) = samples.get(label) else {
+            continue;
+        };
+        if s.is_empty() {
+            continue;
+        }
+        let mut kb: Vec<u64> = s.iter().map(|x| x.1).collect();
+        let life = s.last().map_or(0, |x| x.0) - s.first().map_or(0, |x| x.0);
+        let timeline: Vec<String> = (0..10).map(|i| mib(s[(i * (s.len() - 1)) / 9].1)).collect();
+        kb.sort_unstable();
+        writeln!(
+            w,
+            "| `{label}` | {life} | {} | {} / {} / {} | {} |",
+            peaks.get(label).map_or_else(|| "-".into(), |k| mib(*k)),
+            mib(kb[0]),
+            mib(kb[kb.len() / 2]),
+            mib(kb[kb.len() - 1]),
+            timeline.join(" → ")
+        )?;
+    }
+    writeln!(w)?;
+
+    // Targets of issue 5.
+    let get = |name: &str| {
+        runs.iter()
+            .find(|(n, _, _)| *n == name)
+            .map_or(Value::Null, |(_, _, r)| r.clone())
+    };
+    let single = get("so-single");
+    let batch = get("so-batch");
+    let half = get("so-half");
+    let emb = get("emb-batch");
+    let mark = |ok: bool| if ok { "met" } else { "**missed**" };
+    let ge = |v: Option<f64>, t: f64| v.is_some_and(|v| v >= t);
+    let le = |v: Option<f64>, t: f64| v.is_some_and(|v| v <= t);
+    let drain_ratio = match (drain_rows_per_s, up_best) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    writeln!(w, "## Targets of issue 5\n")?;
+    writeln!(w, "| target | measured | |\n|---|---|---|")?;
+    writeln!(
+        w,
+        "| backlog drain ≥ 70 % of raw bulk upsert | {} | {} |",
+        pct(drain_rows_per_s, up_best),
+        mark(ge(drain_ratio, 0.70))
+    )?;
+    let sc = single["committed_events_per_s"].as_f64();
+    writeln!(
+        w,
+        "| scale-out, single-event POSTs, ≥ 10,000 events/s sustained, zero loss | {} events/s, {} | {} |",
+        num(&single["committed_events_per_s"]),
+        single["verification"]["status"].as_str().unwrap_or("?"),
+        mark(ge(sc, 10_000.0) && single["verification"]["status"] == "PASS")
+    )?;
+    let bc = batch["committed_events_per_s"].as_f64();
+    writeln!(
+        w,
+        "| scale-out, batch requests, ≥ 20,000 events/s sustained, zero loss | {} events/s, {} | {} |",
+        num(&batch["committed_events_per_s"]),
+        batch["verification"]["status"].as_str().unwrap_or("?"),
+        mark(ge(bc, 20_000.0) && batch["verification"]["status"] == "PASS")
+    )?;
+    let ec = emb["committed_events_per_s"].as_f64();
+    writeln!(
+        w,
+        "| embedded, batch requests, ≥ 10,000 events/s sustained | {} events/s, {} | {} |",
+        num(&emb["committed_events_per_s"]),
+        emb["verification"]["status"].as_str().unwrap_or("?"),
+        mark(ge(ec, 10_000.0) && emb["verification"]["status"] == "PASS")
+    )?;
+    writeln!(
+        w,
+        "| at half the sustained single-event rate ({} events/s): POST p99 ≤ 5 ms | {} ms | {} |",
+        num(&meta["half_rate"]),
+        ms(&half["latency_ms"]["p99"]),
+        mark(le(half["latency_ms"]["p99"].as_f64(), 5.0))
+    )?;
+    writeln!(
+        w,
+        "| same: POST → committed p99 ≤ WORKER_BATCH_TIMEOUT + 100 ms = 200 ms | {} ms | {} |\n",
+        ms(&half["commit_latency_ms"]["p99"]),
+        mark(le(half["commit_latency_ms"]["p99"].as_f64(), 200.0))
+    )?;
+
+    // Carried-over sections.
+    writeln!(w, "{KEEP_MARKER}\n")?;
+    let old = args
+        .keep_from
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    match old.split_once(KEEP_MARKER) {
+        Some((_, kept)) => w.push_str(kept.trim_start_matches('\n')),
+        None if !old.trim().is_empty() => {
+            writeln!(w, "## History\n")?;
+            for line in old.lines() {
+                match line.strip_prefix("# ") {
+                    Some(title) => writeln!(w, "### {title}")?,
+                    None => writeln!(w, "{line}")?,
+                }
+            }
+        }
+        None => {}
+    }
+    if !o.ends_with('\n') {
+        o.push('\n');
+    }
+    std::fs::write(&args.out, o)?;
+    Ok(())
+}
