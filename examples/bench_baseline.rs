@@ -456,7 +456,26 @@ async fn main() -> Result<()> {
         let up1 = upsert_baseline(url, &batches, 1).await?;
         eprintln!("baseline: bulk upsert, 2 connections ...");
         let up2 = upsert_baseline(url, &batches, 2).await?;
+        // The cost of the two foreign keys (ARCHITECTURE.md keeps them): the same upsert with
+        // them dropped, then restored (the table is empty again, so restoring is instant).
+        eprintln!("baseline: bulk upsert without the foreign keys, 2 connections ...");
+        pg.batch_execute(
+            "ALTER TABLE ingest_events DROP CONSTRAINT ingest_events_device_id_fkey, \
+             DROP CONSTRAINT ingest_events_parameter_key_fkey",
+        )
+        .await?;
+        let up2_nofk = upsert_baseline(url, &batches, 2).await;
+        pg.batch_execute(
+            "ALTER TABLE ingest_events \
+             ADD CONSTRAINT ingest_events_device_id_fkey FOREIGN KEY (device_id) \
+                 REFERENCES devices (id) ON DELETE CASCADE, \
+             ADD CONSTRAINT ingest_events_parameter_key_fkey FOREIGN KEY (parameter_key) \
+                 REFERENCES parameter_templates (key) ON DELETE RESTRICT",
+        )
+        .await?;
+        let up2_nofk = up2_nofk?;
         out["postgres"] = json!({
+            "upsert_no_fk_rows_per_s_2conn": up2_nofk.round(),
             "rows": args.rows,
             "batch_rows": args.batch_rows,
             "copy_pk_only_rows_per_s": copy.round(),

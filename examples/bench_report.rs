@@ -294,6 +294,11 @@ fn main() -> Result<()> {
     )?;
     writeln!(
         w,
+        "| same, 2 connections, without the two foreign keys (their cost; nsready keeps them) | {} rows/s |",
+        num(&pg["upsert_no_fk_rows_per_s_2conn"])
+    )?;
+    writeln!(
+        w,
         "| JetStream async publish, {} messages of {} bytes with `Nats-Msg-Id`, {} acks in flight | {} msgs/s |",
         num(&js["messages"]),
         num(&js["payload_bytes"]),

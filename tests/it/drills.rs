@@ -363,3 +363,47 @@ async fn sigterm_under_load_loses_nothing_and_leaves_nothing_unacknowledged(kind
     assert_eq!(metric(&m, "ingest_redeliveries_total"), Some(0.0), "{m}");
 }
 crate::both_deployments!(sigterm_under_load_loses_nothing_and_leaves_nothing_unacknowledged);
+
+/// A parameter template deleted while events for it wait in the queue (no rows reference it
+/// yet, so PostgreSQL's RESTRICT allows the delete): those events are dead-lettered with a
+/// parameter reason; every other event lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_deleted_while_its_events_are_queued_dead_letters_only_them() {
+    let env = TestEnv::new(Kind::ScaleOut);
+    env.import_demo().await;
+    // Collector only: events wait in the queue until a worker starts.
+    let collector = env.start(Role::Collector, &[]).await;
+    for i in 0..30 {
+        let ev = if i % 3 == 0 {
+            event(i, &[("power", 1.0)])
+        } else {
+            event(i, &[("voltage", 1.0)])
+        };
+        assert_eq!(collector.post_event(&ev).await.0, reqwest::StatusCode::OK);
+    }
+    env.pg.as_ref().expect("pg").psql(
+        "nsready_test",
+        &format!(
+            "DELETE FROM parameter_templates WHERE key = '{}'",
+            crate::support::key("power")
+        ),
+    );
+    let worker = env.start(Role::Worker, &[]).await;
+    wait_until("the queue drains", DRAIN, || async {
+        env.queue_stats().await.depth() == 0
+    })
+    .await;
+    let dl = env.dead_letters().await;
+    assert_eq!(dl.len(), 10, "the ten power events: {dl:?}");
+    for d in &dl {
+        assert!(
+            matches!(d.error_type.as_str(), "parameter_not_found" | "integrity"),
+            "{d:?}"
+        );
+        assert!(d.reason.contains("power") || d.reason.contains("parameter"), "{d:?}");
+    }
+    assert_eq!(env.row_count().await, 20, "the twenty voltage events land");
+    assert_eq!(env.count("SELECT count(*) FROM error_logs"), 10);
+    worker.stop().await;
+    collector.stop().await;
+}
