@@ -434,7 +434,10 @@ fn drain_late(mut batch: consumer::pull::Batch) {
             }
         }
         if late > 0 {
-            tracing::debug!(late, "gave back messages that arrived after the pull expired");
+            tracing::debug!(
+                late,
+                "gave back messages that arrived after the pull expired"
+            );
         }
     });
 }

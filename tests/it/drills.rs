@@ -400,7 +400,10 @@ async fn a_template_deleted_while_its_events_are_queued_dead_letters_only_them()
             matches!(d.error_type.as_str(), "parameter_not_found" | "integrity"),
             "{d:?}"
         );
-        assert!(d.reason.contains("power") || d.reason.contains("parameter"), "{d:?}");
+        assert!(
+            d.reason.contains("power") || d.reason.contains("parameter"),
+            "{d:?}"
+        );
     }
     assert_eq!(env.row_count().await, 20, "the twenty voltage events land");
     assert_eq!(env.count("SELECT count(*) FROM error_logs"), 10);
