@@ -1,0 +1,167 @@
+//! loadgen: numbers into the human table and the JSON report.
+
+use super::*;
+
+/// CPU time (user + system) this process used so far, in seconds: the client's own share
+/// of the machine, which on a small box is part of every figure.
+pub(super) fn cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(tv(usage.ru_utime) + tv(usage.ru_stime))
+}
+
+/// Nearest-rank percentile of sorted samples.
+pub(super) fn percentile(sorted: &[u32], q: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+pub(super) fn ms(us: Option<u32>) -> Value {
+    us.map_or(Value::Null, |u| json!(round(f64::from(u) / 1000.0, 3)))
+}
+
+pub(super) fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+pub(super) fn hist_json(h: &Hist, scale: f64, unit_digits: i32) -> Value {
+    let q = |p: f64| {
+        h.quantile(p)
+            .map_or(Value::Null, |v| json!(round(v * scale, unit_digits)))
+    };
+    json!({
+        "count": h.count,
+        "mean": h.mean().map_or(Value::Null, |v| json!(round(v * scale, unit_digits))),
+        "p50": q(0.50), "p95": q(0.95), "p99": q(0.99),
+    })
+}
+
+/// Thousands separators for the human table.
+pub(super) fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(super) fn fmt_ms(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".to_string(), |v| format!("{v:.2} ms"))
+}
+
+pub(super) fn print_human(r: &Value) {
+    let n = |k: &str| r[k].as_u64().map_or_else(|| "-".into(), group);
+    let f = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".into(), |x| group(x.round() as u64))
+    };
+    let mode = if r["batch"].as_u64().unwrap_or(0) > 0 {
+        format!("batch {}", r["batch"])
+    } else {
+        "single-event".into()
+    };
+    let rate = match r["rate_target"].as_f64() {
+        Some(x) if x > 0.0 => format!("{} events/s target", group(x as u64)),
+        _ => "as fast as possible".into(),
+    };
+    println!(
+        "nsready loadgen  {}  {mode}, {} devices x {} metrics, {rate}, concurrency {}, {} s",
+        r["url"].as_str().unwrap_or(""),
+        r["devices"],
+        r["metrics_per_event"],
+        r["concurrency"],
+        r["duration_s"]
+    );
+    println!();
+    println!("{:<34} {}", "requests", n("requests"));
+    println!(
+        "{:<34} {} of {} sent  (503: {}, 4xx: {}, failed: {})",
+        "accepted events",
+        n("accepted_events"),
+        n("sent_events"),
+        n("refused_503_events"),
+        n("rejected_4xx_events"),
+        n("failed_events")
+    );
+    println!(
+        "{:<34} {} /s over {} s",
+        "accepted events/s",
+        f(&r["accepted_events_per_s"]),
+        r["load_s"]
+    );
+    println!(
+        "{:<34} {} /s  ({} events/s; first POST → drained {} s)",
+        "committed rows/s",
+        f(&r["committed_rows_per_s"]),
+        f(&r["committed_events_per_s"]),
+        r["drained_s"]
+    );
+    let l = &r["latency_ms"];
+    println!(
+        "{:<34} p50 {}  p95 {}  p99 {}  max {}",
+        format!(
+            "ingest latency per {}",
+            l["per"].as_str().unwrap_or("request")
+        ),
+        fmt_ms(&l["p50"]),
+        fmt_ms(&l["p95"]),
+        fmt_ms(&l["p99"]),
+        fmt_ms(&l["max"])
+    );
+    let c = &r["commit_latency_ms"];
+    if c.is_object() {
+        println!(
+            "{:<34} p50 {}  p95 {}  p99 {}  (workers' histogram ingest_processing_duration_seconds, per event, ×2 buckets interpolated)",
+            "POST → committed",
+            fmt_ms(&c["p50"]),
+            fmt_ms(&c["p95"]),
+            fmt_ms(&c["p99"])
+        );
+        let sv = &r["server"];
+        println!(
+            "{:<34} batch size mean {}, DB write mean {} (p99 {}), publish wait mean {} (p99 {})",
+            "server side",
+            sv["batch_size"]["mean"],
+            fmt_ms(&sv["db_write_ms"]["mean"]),
+            fmt_ms(&sv["db_write_ms"]["p99"]),
+            fmt_ms(&sv["publish_ms"]["mean"]),
+            fmt_ms(&sv["publish_ms"]["p99"])
+        );
+    } else {
+        println!("{:<34} (no /metrics readable)", "POST → committed");
+    }
+    if let Some(cpu) = r["client_cpu_s"].as_f64() {
+        println!(
+            "{:<34} {cpu:.1} s (loadgen's own, user + system)",
+            "client CPU"
+        );
+    }
+    if let Some(e) = r["first_error"].as_str() {
+        println!("{:<34} {e}", "first error");
+    }
+    let v = &r["verification"];
+    println!(
+        "{:<34} expected rows {} (accepted events × metrics), actual delta {}: {} ({})",
+        "verification",
+        v["expected_rows"]
+            .as_u64()
+            .map_or_else(|| "-".into(), group),
+        v["actual_rows"].as_u64().map_or_else(|| "-".into(), group),
+        v["status"].as_str().unwrap_or("?"),
+        v["note"].as_str().unwrap_or("")
+    );
+}

@@ -1,0 +1,102 @@
+//! Unit tests of loadgen: target selection, histogram parsing, reporting.
+
+use super::*;
+
+fn shared(targets: Vec<Target>) -> Shared {
+    Shared {
+        targets,
+        base_us: 1_763_121_600_000_000,
+        next_event: AtomicU64::new(0),
+        next_slot: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        sent_events: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+        accepted_events: AtomicU64::new(0),
+        accepted_rows: AtomicU64::new(0),
+        refused_events: AtomicU64::new(0),
+        unknown_rows: AtomicU64::new(0),
+        rejected_events: AtomicU64::new(0),
+        failed_events: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        first_error: std::sync::Mutex::new(None),
+    }
+}
+
+#[test]
+fn demo_targets_are_the_devices_of_the_project_with_templates() {
+    let doc = nsready::registry::demo();
+    let t = pick_targets(&doc, 20, 2);
+    assert_eq!(t.len(), 2, "only Customer 01's project has templates");
+    assert!(t.iter().all(|t| t.params.len() == 3 && t.per_event == 2));
+    let t = pick_targets(&doc, 20, 10);
+    assert!(t.iter().all(|t| t.per_event == 3), "fewer templates: all");
+}
+
+#[test]
+fn events_are_valid_and_have_distinct_keys() {
+    let doc = nsready::registry::demo();
+    let sh = shared(pick_targets(&doc, 20, 2));
+    let mut keys = std::collections::HashSet::new();
+    let mut seen_params = std::collections::HashSet::new();
+    for i in 0..50 {
+        let mut s = String::new();
+        sh.write_event(&mut s, i);
+        let e = nsready::event::NormalizedEvent::parse(s.as_bytes())
+            .unwrap_or_else(|r| panic!("event {i} invalid: {} in {s}", r.detail()));
+        assert_eq!(e.metrics().len() as u64, sh.rows_of(i));
+        for m in e.metrics() {
+            seen_params.insert(m.parameter_key().to_string());
+            assert!(
+                keys.insert((
+                    e.source_timestamp(),
+                    e.device_id(),
+                    m.parameter_key().to_string()
+                )),
+                "duplicate key in event {i}"
+            );
+        }
+    }
+    assert_eq!(seen_params.len(), 3, "the templates are cycled");
+}
+
+const METRICS: &str = "# HELP x\n\
+    ingest_processing_duration_seconds_sum 3.0\n\
+    ingest_processing_duration_seconds_count 100\n\
+    ingest_processing_duration_seconds_bucket{le=\"0.001\"} 0\n\
+    ingest_processing_duration_seconds_bucket{le=\"0.002\"} 50\n\
+    ingest_processing_duration_seconds_bucket{le=\"0.004\"} 90\n\
+    ingest_processing_duration_seconds_bucket{le=\"+Inf\"} 100\n\
+    ingest_rows_total 300\n\
+    ingest_events_total{status=\"success\"} 100\n\
+    # EOF\n";
+
+#[test]
+fn histograms_and_counters_are_read_from_prometheus_text() {
+    let h = parse_hist(METRICS, "ingest_processing_duration_seconds").expect("hist");
+    assert_eq!(h.buckets.len(), 4);
+    assert_eq!(h.count, 100.0);
+    let p50 = h.quantile(0.5).expect("p50");
+    assert!((p50 - 0.002).abs() < 1e-9, "{p50}");
+    let p70 = h.quantile(0.7).expect("p70");
+    assert!((p70 - 0.003).abs() < 1e-9, "{p70}");
+    assert_eq!(
+        h.quantile(0.99),
+        Some(0.004),
+        "+Inf bucket: highest finite bound"
+    );
+    assert_eq!(parse_value(METRICS, "ingest_rows_total"), Some(300.0));
+    assert_eq!(parse_value(METRICS, "ingest_events_total"), None);
+    let d = h.minus(&h);
+    assert_eq!(d.quantile(0.5), None, "empty delta has no quantiles");
+}
+
+#[test]
+fn percentiles_are_nearest_rank() {
+    let v: Vec<u32> = (1..=100).collect();
+    assert_eq!(percentile(&v, 0.5), Some(50));
+    assert_eq!(percentile(&v, 0.99), Some(99));
+    assert_eq!(percentile(&v, 1.0), Some(100));
+    assert_eq!(percentile(&[], 0.5), None);
+    assert_eq!(group(1_234_567), "1,234,567");
+    assert_eq!(group(12), "12");
+}
