@@ -142,11 +142,12 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
 /// The queue message for one event, and its trace id.
 fn outgoing(event: &NormalizedEvent) -> (String, Outgoing) {
     let trace_id = Uuid::new_v4().to_string();
-    let payload = Bytes::from(envelope::encode(&trace_id, event));
+    // Identical content gives the same id: a client retry inside the duplicate window is
+    // stored once.
+    let (payload, msg_id) = envelope::encode_with_id(&trace_id, event);
+    let payload = Bytes::from(payload);
     let msg = Outgoing {
-        // Identical content gives the same id: a client retry inside the duplicate window
-        // is stored once.
-        msg_id: envelope::message_id(event),
+        msg_id,
         trace_id: trace_id.clone(),
         payload,
     };

@@ -145,6 +145,26 @@ impl io::Write for HashWriter {
     }
 }
 
+/// [`encode`] and [`message_id`] in one pass: the canonical event is serialized once, hashed,
+/// and wrapped in the envelope (the collector's hot path). Gives exactly the bytes of
+/// `encode` and the id of `message_id`.
+pub fn encode_with_id(trace_id: &str, event: &NormalizedEvent) -> (Vec<u8>, String) {
+    let mut canonical = Vec::with_capacity(256 + 128 * event.metrics.len());
+    serde_json::to_writer(&mut canonical, &Canonical(event))
+        .expect("an event serializes: writing to a Vec cannot fail and every key is a string");
+    let id = hex::encode(&Sha256::digest(&canonical)[..16]);
+    let mut out = Vec::with_capacity(canonical.len() + 96);
+    out.extend_from_slice(b"{\"trace_id\":");
+    serde_json::to_writer(&mut out, trace_id).expect("a string serializes into a Vec");
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(&canonical);
+    out.extend_from_slice(b",\"config_version\":");
+    serde_json::to_writer(&mut out, &event.config_version.as_deref())
+        .expect("an optional string serializes into a Vec");
+    out.push(b'}');
+    (out, id)
+}
+
 /// Deduplication id for the queue (`Nats-Msg-Id`): the first 32 hex characters of the
 /// SHA-256 of the event's canonical JSON. Identical retries get the same id; any difference
 /// in content gives another.

@@ -1079,3 +1079,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn encode_with_id_matches_encode_and_message_id() {
+    for body in [
+        EXAMPLE.to_string(),
+        EXAMPLE.replace(r#""config_version":"v1.0","#, ""),
+    ] {
+        let event = NormalizedEvent::parse(body.as_bytes()).expect("valid");
+        let trace = "0b6f0f5e-6a61-4f7e-9d2a-2d5d6a4b8c11";
+        let (bytes, id) = envelope::encode_with_id(trace, &event);
+        assert_eq!(bytes, envelope::encode(trace, &event));
+        assert_eq!(id, envelope::message_id(&event));
+    }
+}
