@@ -120,6 +120,27 @@ struct Shared {
 }
 
 impl Shared {
+    /// Fresh counters for a run whose event timestamps start at `base_us`.
+    fn new(targets: Vec<Target>, base_us: i64) -> Shared {
+        Shared {
+            targets,
+            base_us,
+            next_event: AtomicU64::new(0),
+            next_slot: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            sent_events: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            accepted_events: AtomicU64::new(0),
+            accepted_rows: AtomicU64::new(0),
+            refused_events: AtomicU64::new(0),
+            unknown_rows: AtomicU64::new(0),
+            rejected_events: AtomicU64::new(0),
+            failed_events: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            first_error: std::sync::Mutex::new(None),
+        }
+    }
+
     fn target(&self, i: u64) -> &Target {
         let n = self.targets.len() as u64;
         &self.targets[usize::try_from(i % n).unwrap_or(0)]
@@ -308,23 +329,7 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
 
     let cpu_at_start = cpu_seconds();
     let base_us = chrono::Utc::now().timestamp_micros();
-    let shared = Arc::new(Shared {
-        targets,
-        base_us,
-        next_event: AtomicU64::new(0),
-        next_slot: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        sent_events: AtomicU64::new(0),
-        requests: AtomicU64::new(0),
-        accepted_events: AtomicU64::new(0),
-        accepted_rows: AtomicU64::new(0),
-        refused_events: AtomicU64::new(0),
-        unknown_rows: AtomicU64::new(0),
-        rejected_events: AtomicU64::new(0),
-        failed_events: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-        first_error: std::sync::Mutex::new(None),
-    });
+    let shared = Arc::new(Shared::new(targets, base_us));
     let args = Arc::new(args);
     let url = if args.batch > 0 {
         format!("{base}/v1/ingest/batch")

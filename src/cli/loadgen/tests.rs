@@ -3,23 +3,7 @@
 use super::*;
 
 fn shared(targets: Vec<Target>) -> Shared {
-    Shared {
-        targets,
-        base_us: 1_763_121_600_000_000,
-        next_event: AtomicU64::new(0),
-        next_slot: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        sent_events: AtomicU64::new(0),
-        requests: AtomicU64::new(0),
-        accepted_events: AtomicU64::new(0),
-        accepted_rows: AtomicU64::new(0),
-        refused_events: AtomicU64::new(0),
-        unknown_rows: AtomicU64::new(0),
-        rejected_events: AtomicU64::new(0),
-        failed_events: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-        first_error: std::sync::Mutex::new(None),
-    }
+    Shared::new(targets, 1_763_121_600_000_000)
 }
 
 #[test]
