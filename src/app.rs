@@ -255,6 +255,7 @@ async fn assemble<Q: Queue, S: Store>(
     let http = HttpSettings {
         max_body: settings.http.ingest_max_body_bytes,
         max_batch: settings.http.ingest_max_batch_bytes,
+        window: settings.http.time_window(),
         auth_token: settings.http.ingest_auth_token.clone(),
         stall_after: settings.worker.stall_after,
         consumer_name: settings.nats.consumer_name.clone(),

@@ -57,6 +57,8 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let s = raw.trim();
     let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('d') {
+        (n, 86_400.0)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1.0)
     } else if let Some(n) = s.strip_suffix('m') {
@@ -73,7 +75,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     if !value.is_finite() || value < 0.0 {
         return Err(format!("`{raw}` must be a non-negative duration"));
     }
-    Ok(Duration::from_secs_f64(value * mult))
+    Duration::try_from_secs_f64(value * mult).map_err(|_| format!("`{raw}` is too long a duration"))
 }
 
 /// Log output format.
@@ -313,6 +315,29 @@ pub struct HttpArgs {
     /// Time allowed for a clean stop (drain HTTP, flush batches) after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30", value_parser = parse_duration, global = true)]
     pub shutdown_timeout: Duration,
+    /// Latest accepted `source_timestamp`, ahead of the server's clock (400 beyond; 0 = no
+    /// bound). A far-future reading would otherwise stay the "latest" value for ever.
+    #[arg(long, env = "INGEST_MAX_FUTURE", default_value = "24h", value_parser = parse_duration, global = true)]
+    pub ingest_max_future: Duration,
+    /// Earliest accepted `source_timestamp`, behind the server's clock (400 beyond; 0 = no
+    /// bound, the default: offline devices and backfills send old readings).
+    #[arg(long, env = "INGEST_MAX_PAST", default_value = "0", value_parser = parse_duration, global = true)]
+    pub ingest_max_past: Duration,
+}
+
+impl HttpArgs {
+    /// The time window of `INGEST_MAX_FUTURE` / `INGEST_MAX_PAST` (0 = unbounded).
+    pub fn time_window(&self) -> crate::event::TimeWindow {
+        let bound = |d: Duration| {
+            (!d.is_zero())
+                .then(|| chrono::Duration::from_std(d).ok())
+                .flatten()
+        };
+        crate::event::TimeWindow {
+            max_future: bound(self.ingest_max_future),
+            max_past: bound(self.ingest_max_past),
+        }
+    }
 }
 
 /// Logging.
@@ -448,8 +473,10 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1e300d").is_err());
     }
 
     #[test]

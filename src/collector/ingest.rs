@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::Collector;
 use super::error::{ApiError, RETRY_AFTER_SECS};
 use crate::event::envelope;
-use crate::event::{BatchFormat, NormalizedEvent};
+use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
 use crate::queue::{Outgoing, Queue, QueueError};
 use crate::store::Store;
 
@@ -37,7 +37,7 @@ pub async fn ingest<Q: Queue, S: Store>(
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     }
     let bytes = read_body(&headers, body, app.max_body).await?;
-    let event = NormalizedEvent::parse(&bytes).map_err(|r| {
+    let event = NormalizedEvent::parse_with(&bytes, app.window).map_err(|r| {
         app.metrics.error("validation_error", 1);
         ApiError::Invalid(r)
     })?;
@@ -56,6 +56,14 @@ pub async fn ingest<Q: Queue, S: Store>(
         .into_response())
 }
 
+/// Rejected batch items reported with their full error list; later ones get only their
+/// one-sentence `detail`, so the report stays a small multiple of the limits whatever the
+/// body holds (10,000 invalid items answer with about 1 MB, not one error list each).
+pub const MAX_DETAILED_REJECTIONS: usize = 100;
+
+/// Errors listed per detailed batch item (the `detail` counts the rest).
+pub const MAX_ERRORS_PER_ITEM: usize = 10;
+
 /// Many events: valid ones queued, invalid ones reported with their index.
 pub async fn ingest_batch<Q: Queue, S: Store>(
     State(app): State<Arc<Collector<Q, S>>>,
@@ -72,27 +80,36 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     };
     let bytes = read_body(&headers, body, app.max_batch).await?;
-    let items = crate::event::parse_batch(&bytes, format).map_err(ApiError::Invalid)?;
-
-    let mut results: Vec<Value> = Vec::with_capacity(items.len());
+    let rules = BatchRules {
+        window: app.window,
+        max_item_bytes: app.max_body,
+    };
+    // Each item is encoded as soon as it is parsed: the parsed events are never all alive
+    // at once, only their queue messages.
+    let mut results: Vec<Value> = Vec::new();
     let mut to_publish = Vec::new();
     let mut slots = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        match item {
-            Ok(event) => {
-                let (trace_id, msg) = outgoing(&event);
-                slots.push((index, trace_id));
-                to_publish.push(msg);
-                results.push(Value::Null);
-            }
-            Err(r) => {
-                results.push(
-                    json!({"index": index, "error": {"detail": r.detail(), "errors": r.errors()}}),
-                );
-            }
+    let mut rejected = 0usize;
+    crate::event::parse_batch_each(&bytes, format, rules, &mut |index, item| match item {
+        Ok(event) => {
+            let (trace_id, msg) = outgoing(&event);
+            slots.push((index, trace_id));
+            to_publish.push(msg);
+            results.push(Value::Null);
         }
-    }
-    let rejected = results.len() - slots.len();
+        Err(r) => {
+            let error = if rejected < MAX_DETAILED_REJECTIONS {
+                let errors = &r.errors()[..r.errors().len().min(MAX_ERRORS_PER_ITEM)];
+                json!({"detail": r.detail(), "errors": errors})
+            } else {
+                json!({"detail": r.detail()})
+            };
+            rejected += 1;
+            results.push(json!({"index": index, "error": error}));
+        }
+    })
+    .map_err(ApiError::Invalid)?;
+    drop(bytes);
     if rejected > 0 {
         app.metrics.error("validation_error", rejected as u64);
     }
@@ -102,7 +119,10 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
     let mut accepted = 0usize;
     let mut unavailable: Option<QueueError> = None;
     for ((index, trace_id), r) in slots.into_iter().zip(published) {
-        results[index] = match r {
+        let Some(slot) = results.get_mut(index) else {
+            continue;
+        };
+        *slot = match r {
             Ok(_) => {
                 accepted += 1;
                 json!({"index": index, "trace_id": trace_id})

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 
 use crate::config::Secret;
+use crate::event::TimeWindow;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
@@ -32,6 +33,8 @@ pub struct Collector<Q, S> {
     pub(crate) max_body: usize,
     /// Largest (decompressed) batch body.
     pub(crate) max_batch: usize,
+    /// How far from the clock a reading's timestamp may be.
+    pub(crate) window: TimeWindow,
     /// Bearer token required for ingest, when set.
     pub(crate) auth_token: Option<Secret>,
     /// The worker pool's state, for roles that run workers (stall and readiness checks).
@@ -52,6 +55,7 @@ pub struct Collector<Q, S> {
 pub struct HttpSettings {
     pub max_body: usize,
     pub max_batch: usize,
+    pub window: TimeWindow,
     pub auth_token: Option<Secret>,
     pub stall_after: Duration,
     pub consumer_name: String,
@@ -74,6 +78,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             metrics,
             max_body: settings.max_body,
             max_batch: settings.max_batch,
+            window: settings.window,
             auth_token: settings.auth_token,
             pool,
             stall_after: settings.stall_after,

@@ -12,9 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::NormalizedEvent;
 use super::canonical::Canonical;
 use super::parse;
+use super::{NormalizedEvent, TimeWindow};
 
 /// `error_type` of a message that is not JSON (or not UTF-8).
 pub const JSON_DECODE: &str = "json_decode";
@@ -87,6 +87,15 @@ const EVENT_KEYS: &[&str] = &[
 /// nor any event field; `validation_error` when the event breaks a rule (the reason is
 /// [`super::Rejection::detail`]).
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    decode_with(bytes, TimeWindow::UNBOUNDED)
+}
+
+/// As [`decode`], and the event's timestamp must also fall inside `window`, judged now (the
+/// worker's check of messages that may come from producers other than the collector).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with(bytes: &[u8], window: TimeWindow) -> Result<Decoded, DecodeError> {
     if parse::is_blank(bytes) {
         return Err(DecodeError {
             error_type: JSON_DECODE,
@@ -118,10 +127,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             ));
         }
     };
-    let event = NormalizedEvent::from_owned_value(event).map_err(|rejection| DecodeError {
-        error_type: VALIDATION_ERROR,
-        reason: rejection.detail(),
-    })?;
+    let event =
+        NormalizedEvent::from_owned_value_with(event, window).map_err(|rejection| DecodeError {
+            error_type: VALIDATION_ERROR,
+            reason: rejection.detail(),
+        })?;
     Ok(Decoded { trace_id, event })
 }
 

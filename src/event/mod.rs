@@ -17,6 +17,9 @@
 mod batch;
 mod canonical;
 pub mod envelope;
+#[cfg(test)]
+mod hostile_tests;
+pub mod limits;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -27,7 +30,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use batch::MAX_BATCH_EVENTS;
+pub use batch::{Item, MAX_BATCH_EVENTS};
+pub use limits::TimeWindow;
+use parse::Clock;
 pub use parse::{MAX_PARAMETER_KEY_CHARS, MAX_REPORTED_ERRORS};
 
 /// Most metrics one event may carry.
@@ -155,17 +160,31 @@ impl fmt::Display for Rejection {
 impl std::error::Error for Rejection {}
 
 impl NormalizedEvent {
-    /// Parses one event from JSON bytes.
+    /// Parses one event from JSON bytes, with the static rules only (no time window).
     ///
     /// # Errors
     /// Every violation found: malformed JSON, missing or mistyped fields, bad UUIDs or
-    /// timestamps, quality outside 0..=255, empty metrics, empty protocol or parameter key.
+    /// timestamps, quality outside 0..=255, empty metrics, empty protocol or parameter key,
+    /// text the store cannot hold, values past the limits of [`limits`].
     pub fn parse(bytes: &[u8]) -> Result<NormalizedEvent, Rejection> {
+        Self::parse_at(bytes, &Clock::unbounded())
+    }
+
+    /// As [`NormalizedEvent::parse`], and the timestamp must also fall inside `window`
+    /// judged by the clock now (what the collector runs).
+    ///
+    /// # Errors
+    /// As [`NormalizedEvent::parse`], plus a timestamp outside the window.
+    pub fn parse_with(bytes: &[u8], window: TimeWindow) -> Result<NormalizedEvent, Rejection> {
+        Self::parse_at(bytes, &Clock::now(window))
+    }
+
+    fn parse_at(bytes: &[u8], clock: &Clock) -> Result<NormalizedEvent, Rejection> {
         if parse::is_blank(bytes) {
             return Err(parse::body_rejection(parse::MSG_EMPTY_BODY));
         }
         let value = parse::json_value(bytes, 0).map_err(parse::body_rejection)?;
-        parse::event_from_owned(value)
+        parse::event_from_owned(value, clock)
     }
 
     /// Parses one event from an already-decoded JSON value.
@@ -176,7 +195,7 @@ impl NormalizedEvent {
         if !value.is_object() {
             return Err(parse::body_rejection(parse::MSG_BODY_OBJECT));
         }
-        parse::event_from_owned(value.clone())
+        parse::event_from_owned(value.clone(), &Clock::unbounded())
     }
 
     /// As [`NormalizedEvent::from_value`], consuming the value (no copies).
@@ -184,7 +203,18 @@ impl NormalizedEvent {
     /// # Errors
     /// As [`NormalizedEvent::from_value`].
     pub fn from_owned_value(value: serde_json::Value) -> Result<NormalizedEvent, Rejection> {
-        parse::event_from_owned(value)
+        parse::event_from_owned(value, &Clock::unbounded())
+    }
+
+    /// As [`NormalizedEvent::from_owned_value`], with the timestamp inside `window` now.
+    ///
+    /// # Errors
+    /// As [`NormalizedEvent::from_value`], plus a timestamp outside the window.
+    pub fn from_owned_value_with(
+        value: serde_json::Value,
+        window: TimeWindow,
+    ) -> Result<NormalizedEvent, Rejection> {
+        parse::event_from_owned(value, &Clock::now(window))
     }
 
     /// The canonical JSON form (what the queue carries; `parse` of it gives back an equal
@@ -245,17 +275,68 @@ impl Metric {
     }
 }
 
-/// Parses the body of `/v1/ingest/batch`: each item on its own.
+/// Parses the body of `/v1/ingest/batch`: each item on its own, static rules only, no size
+/// limit per item (tests and tools; the collector uses [`parse_batch_each`]).
 ///
 /// # Errors
-/// The body as a whole is unusable (not a JSON array, malformed JSON, empty). Problems with
-/// single items are returned per item, by index, so the valid ones can be queued.
-pub fn parse_batch(
+/// The body as a whole is unusable (not a JSON array, malformed JSON, empty, too many
+/// items). Problems with single items are returned per item, by index, so the valid ones
+/// can be queued.
+pub fn parse_batch(body: &[u8], format: BatchFormat) -> Result<Vec<Item>, Rejection> {
+    let mut out = Vec::new();
+    walk_batch(
+        body,
+        format,
+        &Clock::unbounded(),
+        usize::MAX,
+        &mut |_, item| out.push(item),
+    )?;
+    Ok(out)
+}
+
+/// Limits of one batch parse, besides the fixed ones of [`limits`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchRules {
+    /// The time window every item's timestamp must fall in (judged now).
+    pub window: TimeWindow,
+    /// Largest text of one item (`INGEST_MAX_BODY_BYTES`: a batch item may not be larger
+    /// than a single event may be).
+    pub max_item_bytes: usize,
+}
+
+/// Parses the body of `/v1/ingest/batch` and hands each item, in order, to `each(index,
+/// item)` as soon as it is parsed, so no tree of the whole body is ever built. Returns the
+/// number of items.
+///
+/// When this returns an error, `each` may already have seen some items: the caller must
+/// treat them as not accepted (the collector queues nothing before this returns `Ok`).
+///
+/// # Errors
+/// As [`parse_batch`].
+pub fn parse_batch_each(
     body: &[u8],
     format: BatchFormat,
-) -> Result<Vec<Result<NormalizedEvent, Rejection>>, Rejection> {
+    rules: BatchRules,
+    each: &mut dyn FnMut(usize, Item),
+) -> Result<usize, Rejection> {
+    walk_batch(
+        body,
+        format,
+        &Clock::now(rules.window),
+        rules.max_item_bytes,
+        each,
+    )
+}
+
+fn walk_batch(
+    body: &[u8],
+    format: BatchFormat,
+    clock: &Clock,
+    max_item: usize,
+    each: &mut dyn FnMut(usize, Item),
+) -> Result<usize, Rejection> {
     match format {
-        BatchFormat::JsonArray => batch::json_array(body),
-        BatchFormat::Ndjson => batch::ndjson(body),
+        BatchFormat::JsonArray => batch::json_array(body, clock, max_item, each),
+        BatchFormat::Ndjson => batch::ndjson(body, clock, max_item, each),
     }
 }

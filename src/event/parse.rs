@@ -10,6 +10,7 @@ use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::limits::{self, TimeWindow};
 use super::{FieldError, Loc, MAX_METRICS, Metric, NormalizedEvent, Rejection};
 
 /// Longest `parameter_key`, in characters.
@@ -30,6 +31,8 @@ const MSG_QUALITY: &str = "must be an integer between 0 and 255";
 const MSG_TIMESTAMP: &str =
     "must be an RFC 3339 timestamp, e.g. 2025-11-14T12:00:00Z (no offset means UTC)";
 const MSG_NO_METRICS: &str = "must contain at least one metric";
+const MSG_YEAR_RANGE: &str =
+    "must fall between the years 0000 and 9999 once its offset is applied (UTC)";
 pub(super) const MSG_EMPTY_BODY: &str = "request body is empty";
 pub(super) const MSG_BODY_OBJECT: &str = "must be a JSON object";
 
@@ -168,7 +171,10 @@ pub(super) fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
             NaiveDateTime::parse_from_str(s, fmt).ok()?.and_utc()
         }
     };
-    Some(utc.trunc_subsecs(6))
+    // Through the microsecond count, a leap second (`23:59:60.5`) becomes the next second's
+    // `00:00:00.5`, as PostgreSQL stores it: the worker's in-batch dedupe key is then the
+    // database's key.
+    DateTime::from_timestamp_micros(utc.trunc_subsecs(6).timestamp_micros())
 }
 
 /// A required string: absent → "field required"; any other type (null too) → "must be a string".
@@ -268,16 +274,14 @@ fn metric(index: usize, mut map: Map<String, Value>, errors: &mut Errors) -> Opt
             errors.push(in_metric(index, "parameter_key"), MSG_NOT_EMPTY);
             None
         }
-        Some(k)
-            if k.len() > MAX_PARAMETER_KEY_CHARS && k.chars().count() > MAX_PARAMETER_KEY_CHARS =>
-        {
-            errors.push(
-                in_metric(index, "parameter_key"),
-                format!("must be at most {MAX_PARAMETER_KEY_CHARS} characters"),
-            );
-            None
-        }
-        other => other,
+        Some(k) => match limits::text_violation(&k, MAX_PARAMETER_KEY_CHARS) {
+            Some(why) => {
+                errors.push(in_metric(index, "parameter_key"), why);
+                None
+            }
+            None => Some(k),
+        },
+        None => None,
     };
 
     let value = match map.remove("value") {
@@ -300,6 +304,9 @@ fn metric(index: usize, mut map: Map<String, Value>, errors: &mut Errors) -> Opt
         || in_metric(index, "attributes"),
         errors,
     );
+    if let Some(why) = limits::object_violation(&attributes, limits::MAX_ATTRIBUTES_BYTES) {
+        errors.push(in_metric(index, "attributes"), why);
+    }
 
     Some(Metric {
         parameter_key: parameter_key?,
@@ -345,9 +352,51 @@ fn metrics(map: &mut Map<String, Value>, errors: &mut Errors) -> Vec<Metric> {
     out
 }
 
+/// An optional string with a length limit (and no NUL).
+fn limited_string(
+    map: &mut Map<String, Value>,
+    name: &str,
+    max_chars: usize,
+    errors: &mut Errors,
+) -> Option<String> {
+    let s = optional_string(map, name, errors)?;
+    match limits::text_violation(&s, max_chars) {
+        Some(why) => {
+            errors.push(top(name), why);
+            None
+        }
+        None => Some(s),
+    }
+}
+
+/// The clock-dependent rules of one parse: the time window and the moment it is judged at.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Clock {
+    pub(super) window: TimeWindow,
+    pub(super) now: DateTime<Utc>,
+}
+
+impl Clock {
+    /// Only the static rules (no time window).
+    pub(super) fn unbounded() -> Clock {
+        Clock {
+            window: TimeWindow::UNBOUNDED,
+            now: DateTime::<Utc>::MIN_UTC,
+        }
+    }
+
+    /// `window`, judged now.
+    pub(super) fn now(window: TimeWindow) -> Clock {
+        Clock {
+            window,
+            now: Utc::now(),
+        }
+    }
+}
+
 /// Checks one decoded event, consuming it. Errors come in the schema's field order, metrics by
 /// index; a rejection lists at most [`MAX_REPORTED_ERRORS`] of them.
-pub(super) fn event_from_owned(value: Value) -> Result<NormalizedEvent, Rejection> {
+pub(super) fn event_from_owned(value: Value, clock: &Clock) -> Result<NormalizedEvent, Rejection> {
     let Value::Object(mut map) = value else {
         return Err(body_rejection(MSG_BODY_OBJECT));
     };
@@ -362,6 +411,9 @@ pub(super) fn event_from_owned(value: Value) -> Result<NormalizedEvent, Rejectio
             let trimmed = p.trim();
             if trimmed.is_empty() {
                 errors.push(top("protocol"), MSG_NOT_EMPTY);
+                None
+            } else if let Some(why) = limits::text_violation(trimmed, limits::MAX_PROTOCOL_CHARS) {
+                errors.push(top("protocol"), why);
                 None
             } else if trimmed.len() == p.len() {
                 Some(p)
@@ -379,17 +431,38 @@ pub(super) fn event_from_owned(value: Value) -> Result<NormalizedEvent, Rejectio
         &mut errors,
     )
     .and_then(|s| {
-        let parsed = parse_timestamp(&s);
-        if parsed.is_none() {
+        let Some(ts) = parse_timestamp(&s) else {
             errors.push(top("source_timestamp"), MSG_TIMESTAMP);
+            return None;
+        };
+        if !limits::year_in_range(ts) {
+            errors.push(top("source_timestamp"), MSG_YEAR_RANGE);
+            return None;
         }
-        parsed
+        if let Some(why) = clock.window.violation(ts, clock.now) {
+            errors.push(top("source_timestamp"), why);
+            return None;
+        }
+        Some(ts)
     });
 
     let metrics = metrics(&mut map, &mut errors);
-    let config_version = optional_string(&mut map, "config_version", &mut errors);
-    let event_id = optional_string(&mut map, "event_id", &mut errors);
+    let config_version = limited_string(
+        &mut map,
+        "config_version",
+        limits::MAX_CONFIG_VERSION_CHARS,
+        &mut errors,
+    );
+    let event_id = limited_string(
+        &mut map,
+        "event_id",
+        limits::MAX_EVENT_ID_CHARS,
+        &mut errors,
+    );
     let metadata = optional_object(&mut map, "metadata", || top("metadata"), &mut errors);
+    if let Some(why) = limits::object_violation(&metadata, limits::MAX_METADATA_BYTES) {
+        errors.push(top("metadata"), why);
+    }
 
     match (project_id, site_id, device_id, protocol, source_timestamp) {
         (
