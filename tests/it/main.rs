@@ -7,6 +7,7 @@ mod embedded;
 mod faults;
 mod harness;
 mod hostile_input;
+mod hostile_memory;
 mod loadgen;
 mod operator;
 mod pipeline;
