@@ -220,10 +220,9 @@ impl NormalizedEvent {
     /// The canonical JSON form (what the queue carries; `parse` of it gives back an equal
     /// event).
     ///
-    /// `from_value(&e.to_value())` is always exact. Through JSON text, readings as devices
-    /// send them (a few decimals) come back exactly too; an extreme float (e.g. `2.45e-244`)
-    /// may come back one unit in the last place off, since serde_json parses floats without
-    /// its `float_roundtrip` feature.
+    /// `from_value(&e.to_value())` is always exact, and so is the way through JSON text:
+    /// serde_json writes the shortest form that reads back to the same `f64`, and parses
+    /// with its `float_roundtrip` feature (enabled in Cargo.toml).
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(canonical::Canonical(self))
             .expect("an event serializes: all map keys are strings and every number is finite")

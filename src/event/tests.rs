@@ -1060,6 +1060,12 @@ proptest! {
     }
 
     #[test]
+    fn any_finite_reading_survives_json_text_exactly(e in event_strategy(any_finite())) {
+        let text = serde_json::to_vec(&e.to_value()).expect("serializes");
+        prop_assert_eq!(NormalizedEvent::parse(&text), Ok(e));
+    }
+
+    #[test]
     fn every_valid_event_survives_its_json_text_and_envelope(e in event_strategy(reading().boxed())) {
         let text = serde_json::to_vec(&e.to_value()).expect("serializes");
         prop_assert_eq!(NormalizedEvent::parse(&text), Ok(e.clone()));
