@@ -17,8 +17,6 @@
 mod batch;
 mod canonical;
 pub mod envelope;
-#[cfg(test)]
-mod hostile_tests;
 pub mod limits;
 mod parse;
 #[cfg(test)]

@@ -7,9 +7,9 @@ use chrono::{Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::envelope;
-use super::limits::{self, TimeWindow};
-use super::*;
+use crate::event::envelope;
+use crate::event::limits::{self, TimeWindow};
+use crate::event::*;
 
 const EXAMPLE: &str = r#"{"project_id":"8212caa2-b928-4213-b64e-9f5b86f4cad1","site_id":"89a66770-bdcc-4c95-ac97-e1829cb7a960",
  "device_id":"bc2c5e47-f17e-46f0-b5e7-76b214f4f6ad","protocol":"GPRS","source_timestamp":"2025-11-14T12:00:00Z",
