@@ -3,8 +3,9 @@
 //! This and `config.rs` are the only places that know which deployment runs: here the
 //! queue and store implementations are chosen and opened, migrations applied, the worker
 //! pool spawned and the HTTP listener bound. Everything downstream is generic over
-//! `Q: Queue` and `S: Store`. `App::build` binds (port 0 allowed) and reports the real
-//! port; `run_until_stopped` serves until the shutdown handle fires, then drains.
+//! `Q: Queue` and `S: Store`. `App::build` validates the settings, binds (port 0 allowed)
+//! and reports the real port; `run_until_stopped` serves (`collector::serve`) until the
+//! shutdown handle fires, then drains HTTP and the workers within one SHUTDOWN_TIMEOUT.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -127,8 +128,6 @@ pub enum AppError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 type Running = Pin<Box<dyn Future<Output = Result<(), AppError>> + Send>>;
