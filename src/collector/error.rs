@@ -143,3 +143,39 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_problems_name_body_and_close_the_connection() {
+        let timeout = ApiError::BodyTimeout {
+            timeout: Duration::from_secs(30),
+        };
+        let unreadable = ApiError::BodyRead(axum::Error::new(std::io::Error::other(
+            "tokio-postgres driver text must never show",
+        )));
+        for (e, status) in [
+            (timeout, StatusCode::REQUEST_TIMEOUT),
+            (unreadable, StatusCode::BAD_REQUEST),
+        ] {
+            let body = e.body();
+            assert_eq!(body["errors"][0]["loc"][0], "body", "{body}");
+            assert!(!body.to_string().contains("driver"), "{body}");
+            let resp = e.into_response();
+            assert_eq!(resp.status(), status);
+            assert_eq!(
+                resp.headers().get(header::CONNECTION).map(|v| v.as_bytes()),
+                Some(&b"close"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn overload_is_503_with_retry_after() {
+        let resp = ApiError::Overloaded.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_some());
+    }
+}
