@@ -229,6 +229,34 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served(kind: Kind) {
 }
 crate::both_deployments!(a_slowloris_client_is_cut_off_while_others_are_served);
 
+/// The header timeout counts from a request's first byte, not from the end of the previous
+/// answer: a keep-alive connection quiet for longer than HTTP_HEADER_TIMEOUT (but less than
+/// HTTP_IDLE_TIMEOUT) still carries the next request.
+async fn a_quiet_keep_alive_connection_outlives_the_header_timeout(kind: Kind) {
+    let env = TestEnv::new(kind);
+    env.import_demo().await;
+    let app = env
+        .start(Role::Serve, &["--http-header-timeout", "1"])
+        .await;
+    let mut s = TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    for i in 0..2 {
+        let body = one(i).to_string();
+        s.write_all(head("/v1/ingest", body.len()).as_bytes())
+            .await
+            .expect("head");
+        s.write_all(body.as_bytes()).await.expect("body");
+        let (status, answer) = response(&mut s).await;
+        assert_eq!(status, 200, "request {i} on the same connection: {answer}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_landed(&env, 2).await;
+    assert_alive(&app).await;
+    app.stop().await;
+}
+crate::both_deployments!(a_quiet_keep_alive_connection_outlives_the_header_timeout);
+
 /// Idle connections beyond HTTP_MAX_CONNECTIONS: the cap holds (they wait in the backlog),
 /// the idle ones are closed after HTTP_IDLE_TIMEOUT, and a new client is then served.
 async fn idle_connections_beyond_the_cap_do_not_lock_out_a_new_client(kind: Kind) {
