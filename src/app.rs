@@ -3,15 +3,16 @@
 //! This and `config.rs` are the only places that know which deployment runs: here the
 //! queue and store implementations are chosen and opened, migrations applied, the worker
 //! pool spawned and the HTTP listener bound. Everything downstream is generic over
-//! `Q: Queue` and `S: Store`. `App::build` binds (port 0 allowed) and reports the real
-//! port; `run_until_stopped` serves until the shutdown handle fires, then drains.
+//! `Q: Queue` and `S: Store`. `App::build` validates the settings, binds (port 0 allowed)
+//! and reports the real port; `run_until_stopped` serves (`collector::serve`) until the
+//! shutdown handle fires, then drains HTTP and the workers within one SHUTDOWN_TIMEOUT.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::collector::serve::ServerLimits;
 use crate::collector::{self, Collector, HttpSettings};
 use crate::config::{Deployment, Settings};
 use crate::metrics::Metrics;
@@ -127,8 +128,6 @@ pub enum AppError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 type Running = Pin<Box<dyn Future<Output = Result<(), AppError>> + Send>>;
@@ -150,6 +149,7 @@ impl App {
         role: Role,
         shutdown: Shutdown,
     ) -> Result<App, AppError> {
+        settings.validate()?;
         match settings.deployment()? {
             Deployment::Embedded { data_dir } => {
                 if role != Role::Serve {
@@ -215,7 +215,8 @@ impl App {
 
 /// Applies migrations, retrying while the database is unreachable (it may start after us).
 async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Result<(), AppError> {
-    let tries = settings.nats.nats_connect_retries.max(1);
+    // At least 1: `Settings::validate` refuses 0.
+    let tries = settings.nats.nats_connect_retries;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -256,6 +257,8 @@ async fn assemble<Q: Queue, S: Store>(
         max_body: settings.http.ingest_max_body_bytes,
         max_batch: settings.http.ingest_max_batch_bytes,
         window: settings.http.time_window(),
+        body_timeout: settings.http.http_body_timeout,
+        max_inflight: settings.http.http_max_inflight,
         auth_token: settings.http.ingest_auth_token.clone(),
         stall_after: settings.worker.stall_after,
         consumer_name: settings.nats.consumer_name.clone(),
@@ -275,30 +278,33 @@ async fn assemble<Q: Queue, S: Store>(
         })?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     tracing::info!(role = role.name(), port, "listening");
-    let deadline = settings.http.shutdown_timeout;
-    let run = Box::pin(serve(listener, router, shutdown, deadline));
+    let limits = ServerLimits {
+        header_timeout: settings.http.http_header_timeout,
+        idle_timeout: settings.http.http_idle_timeout,
+        max_connections: settings.http.http_max_connections,
+        shutdown_timeout: settings.http.shutdown_timeout,
+    };
+    let run = Box::pin(serve(listener, router, limits, shutdown));
     Ok(App { port, run })
 }
 
+/// Serves HTTP until shutdown fires, then gives HTTP and the workers one SHUTDOWN_TIMEOUT,
+/// counted from the signal: in-flight requests finish (and so their publishes), workers
+/// flush their batches; what is still open at the deadline is dropped, and this returns.
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
+    limits: ServerLimits,
     shutdown: Shutdown,
-    deadline: Duration,
 ) -> Result<(), AppError> {
-    let token = shutdown.token();
-    // Stops accepting once shutdown fires and finishes in-flight requests (and so their
-    // publishes) before returning.
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-        .map_err(AppError::Serve)?;
+    let deadline = collector::serve::run(listener, router, limits, &shutdown).await;
     tracing::info!("HTTP stopped; waiting for workers to flush their batches");
-    if shutdown.drained(deadline).await {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if shutdown.drained(left).await {
         tracing::info!("clean stop");
     } else {
         tracing::warn!(
-            timeout_secs = deadline.as_secs(),
+            timeout_secs = limits.shutdown_timeout.as_secs_f64(),
             "SHUTDOWN_TIMEOUT passed before every task finished; unacknowledged messages will be redelivered"
         );
     }
@@ -329,6 +335,7 @@ pub trait StoreTask: Send {
 /// # Errors
 /// The configuration, the store, or the task failed.
 pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T::Output, AppError> {
+    settings.validate()?;
     match settings.deployment()? {
         Deployment::Embedded { data_dir } => {
             // No lock: SQLite serialises writers itself, so registry commands work while
@@ -351,6 +358,7 @@ pub async fn with_deployment<T: DeploymentTask>(
     settings: &Settings,
     task: T,
 ) -> Result<T::Output, AppError> {
+    settings.validate()?;
     match settings.deployment()? {
         Deployment::Embedded { data_dir } => {
             let lock = DataDirLock::acquire(&data_dir).map_err(|e| {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+mod validate;
+
 /// Errors in the configuration; each names the variable to set or fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,6 +27,16 @@ pub enum ConfigError {
     },
     #[error("invalid value for {name}: {reason}")]
     Invalid { name: &'static str, reason: String },
+    /// A secret set to the empty string (or only whitespace): refused rather than read as
+    /// "not set" (an empty INGEST_AUTH_TOKEN used to turn authentication off). The value is
+    /// never printed.
+    #[error(
+        "{name} is set but empty (or only whitespace); give it a value, or unset the variable{hint}"
+    )]
+    EmptySecret {
+        name: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// A secret string whose `Debug` and `Display` never print it.
@@ -51,6 +63,9 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Longest duration any setting accepts (10 years): past it deadlines would overflow.
+const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+
 /// Parses a duration: a plain number is seconds (`0.5`, `30`, as the seed writes them), or a
 /// number with a unit `ms`, `s`, `m`, `h`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -75,7 +90,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     if !value.is_finite() || value < 0.0 {
         return Err(format!("`{raw}` must be a non-negative duration"));
     }
-    Duration::try_from_secs_f64(value * mult).map_err(|_| format!("`{raw}` is too long a duration"))
+    let secs = value * mult;
+    if secs > MAX_DURATION_SECS {
+        return Err(format!("`{raw}` is longer than 10 years"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{raw}` is not a duration"))
 }
 
 /// Log output format.
@@ -312,9 +331,36 @@ pub struct HttpArgs {
     /// When set, ingest requires `Authorization: Bearer <token>`; otherwise 401.
     #[arg(long, env = "INGEST_AUTH_TOKEN", global = true, hide_env_values = true)]
     pub ingest_auth_token: Option<Secret>,
-    /// Time allowed for a clean stop (drain HTTP, flush batches) after SIGTERM.
+    /// Time allowed for a clean stop after SIGTERM, counted from the signal: HTTP stops
+    /// accepting and finishes in-flight requests, workers flush their batches; connections
+    /// still open at the end (a client stalled in a body) are dropped and the process exits.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30", value_parser = parse_duration, global = true)]
     pub shutdown_timeout: Duration,
+    /// Longest time from the first byte of a request to the end of its headers; a slower
+    /// client is disconnected (no answer: it has not said what it wants yet).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10", value_parser = parse_duration, global = true)]
+    pub http_header_timeout: Duration,
+    /// Longest time to receive a whole request body, counted from the end of the headers;
+    /// past it the answer is 408 and nothing is queued.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "30", value_parser = parse_duration, global = true)]
+    pub http_body_timeout: Duration,
+    /// A connection with no request in progress and nothing received for this long (after
+    /// connecting, or between keep-alive requests) is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60", value_parser = parse_duration, global = true)]
+    pub http_idle_timeout: Duration,
+    /// Most open client connections; at the cap the server stops accepting and new
+    /// connections wait in the listen backlog until an open one closes.
+    #[arg(
+        long,
+        env = "HTTP_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub http_max_connections: usize,
+    /// Most ingest requests handled at once (both ingest routes together); past it 503 with
+    /// Retry-After. Health, readiness and metrics are not counted.
+    #[arg(long, env = "HTTP_MAX_INFLIGHT", default_value_t = 256, global = true)]
+    pub http_max_inflight: usize,
     /// Latest accepted `source_timestamp`, ahead of the server's clock (400 beyond; 0 = no
     /// bound). A far-future reading would otherwise stay the "latest" value for ever.
     #[arg(long, env = "INGEST_MAX_FUTURE", default_value = "24h", value_parser = parse_duration, global = true)]
@@ -477,6 +523,10 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("1e300d").is_err());
+        // Huge values are refused, not a panic or an overflowing deadline.
+        assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("99999999999h").is_err());
+        assert!(parse_duration("NaN").is_err());
     }
 
     #[test]

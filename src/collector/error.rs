@@ -4,6 +4,8 @@
 //! Bodies are `{"detail": "...", "errors": [...]}`; they name the field and the rule and never
 //! carry SQL, driver names, stack traces or internal paths (the cause goes to the log).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +32,16 @@ pub enum ApiError {
     /// Content encoding other than gzip or identity: 415.
     #[error("unsupported content encoding `{0}`")]
     UnsupportedEncoding(String),
+    /// The whole body did not arrive within `HTTP_BODY_TIMEOUT`: 408, connection closed.
+    #[error("body not received within {} ms", .timeout.as_millis())]
+    BodyTimeout { timeout: Duration },
+    /// The body could not be read (connection reset or closed half-way, malformed chunked
+    /// encoding): 400, connection closed. Not 413: that is only for the length limit.
+    #[error("body could not be read: {0}")]
+    BodyRead(#[source] axum::Error),
+    /// More than `HTTP_MAX_INFLIGHT` ingest requests in progress: 503 with Retry-After.
+    #[error("more ingest requests in progress than HTTP_MAX_INFLIGHT allows")]
+    Overloaded,
     /// Auth is on and the bearer token is missing or wrong: 401.
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -52,7 +64,9 @@ impl ApiError {
     /// The answer's status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -69,6 +83,20 @@ impl ApiError {
             ApiError::TooLarge { limit } => json!({
                 "detail": format!("body: larger than the limit of {limit} bytes (INGEST_MAX_BODY_BYTES / INGEST_MAX_BATCH_BYTES)"),
                 "errors": [{"loc": ["body"], "msg": format!("must be at most {limit} bytes")}],
+            }),
+            ApiError::BodyTimeout { timeout } => {
+                let secs = timeout.as_secs_f64();
+                json!({
+                    "detail": format!("body: not received in full within {secs} s (HTTP_BODY_TIMEOUT); nothing was queued"),
+                    "errors": [{"loc": ["body"], "msg": format!("must arrive within {secs} s")}],
+                })
+            }
+            ApiError::BodyRead(_) => json!({
+                "detail": "body: could not be read (connection closed or reset, truncated or malformed chunked encoding); nothing was queued",
+                "errors": [{"loc": ["body"], "msg": "must be a complete HTTP request body"}],
+            }),
+            ApiError::Overloaded => json!({
+                "detail": "server busy: too many ingest requests in progress (HTTP_MAX_INFLIGHT); nothing was queued, retry later",
             }),
             ApiError::UnsupportedType(t) => json!({
                 "detail": format!("content-type: `{t}` is not supported; send application/json (or application/x-ndjson to /v1/ingest/batch)"),
@@ -96,13 +124,58 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Unavailable(e) => tracing::warn!(error = %e, "ingest answered 503"),
+            ApiError::Overloaded => {
+                tracing::warn!("ingest answered 503: HTTP_MAX_INFLIGHT reached")
+            }
+            ApiError::BodyRead(e) => tracing::debug!(error = %e, "ingest body unreadable"),
             other => tracing::debug!(error = %other, "ingest rejected"),
         }
         let mut resp = (self.status(), Json(self.body())).into_response();
-        if matches!(self, ApiError::Unavailable(_)) {
+        if matches!(self, ApiError::Unavailable(_) | ApiError::Overloaded) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
+        if matches!(self, ApiError::BodyTimeout { .. } | ApiError::BodyRead(_)) {
+            // The rest of the body is not read: the connection cannot carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_problems_name_body_and_close_the_connection() {
+        let timeout = ApiError::BodyTimeout {
+            timeout: Duration::from_secs(30),
+        };
+        let unreadable = ApiError::BodyRead(axum::Error::new(std::io::Error::other(
+            "tokio-postgres driver text must never show",
+        )));
+        for (e, status) in [
+            (timeout, StatusCode::REQUEST_TIMEOUT),
+            (unreadable, StatusCode::BAD_REQUEST),
+        ] {
+            let body = e.body();
+            assert_eq!(body["errors"][0]["loc"][0], "body", "{body}");
+            assert!(!body.to_string().contains("driver"), "{body}");
+            let resp = e.into_response();
+            assert_eq!(resp.status(), status);
+            assert_eq!(
+                resp.headers().get(header::CONNECTION).map(|v| v.as_bytes()),
+                Some(&b"close"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn overload_is_503_with_retry_after() {
+        let resp = ApiError::Overloaded.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_some());
     }
 }

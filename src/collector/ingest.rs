@@ -5,7 +5,6 @@
 //! message; a full or unreachable queue gives 503 with Retry-After. Batch items are
 //! independent: valid ones are queued, invalid ones reported by index.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +17,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Collector;
+use super::body::{media_type, read_body};
 use super::error::{ApiError, RETRY_AFTER_SECS};
 use crate::event::envelope;
 use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
@@ -36,7 +36,7 @@ pub async fn ingest<Q: Queue, S: Store>(
         Some(t) if t.ends_with("+json") => {}
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     }
-    let bytes = read_body(&headers, body, app.max_body).await?;
+    let bytes = read_body(&headers, body, app.max_body, app.body_timeout).await?;
     let event = NormalizedEvent::parse_with(&bytes, app.window).map_err(|r| {
         app.metrics.error("validation_error", 1);
         ApiError::Invalid(r)
@@ -79,7 +79,7 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
         Some(t) if t.ends_with("+json") => BatchFormat::JsonArray,
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     };
-    let bytes = read_body(&headers, body, app.max_batch).await?;
+    let bytes = read_body(&headers, body, app.max_batch, app.body_timeout).await?;
     let rules = BatchRules {
         window: app.window,
         max_item_bytes: app.max_body,
@@ -172,51 +172,4 @@ fn outgoing(event: &NormalizedEvent) -> (String, Outgoing) {
         payload,
     };
     (trace_id, msg)
-}
-
-/// The media type of the request, lower-case, without parameters.
-fn media_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .filter(|v| !v.is_empty())
-}
-
-/// Reads the body up to `limit` bytes, inflating gzip (also bounded by `limit`).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let raw = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge { limit })?;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("" | "identity") => Ok(raw),
-        Some("gzip" | "x-gzip") => {
-            let mut out = Vec::with_capacity(raw.len() * 4);
-            // Bounded read: a small compressed body cannot expand past the limit.
-            let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
-            dec.read_to_end(&mut out).map_err(|_| {
-                ApiError::Invalid(crate::event::Rejection::new(vec![
-                    crate::event::FieldError {
-                        loc: vec![crate::event::Loc::Key("body".into())],
-                        msg: "is not valid gzip data".into(),
-                    },
-                ]))
-            })?;
-            if out.len() > limit {
-                return Err(ApiError::TooLarge { limit });
-            }
-            Ok(Bytes::from(out))
-        }
-        Some(other) => Err(ApiError::UnsupportedEncoding(other.to_string())),
-    }
 }

@@ -2,18 +2,29 @@
 //!
 //! [`Collector`] holds what the handlers share; [`router`] builds the axum router. Ingest
 //! routes exist only when the role has a collector; `/v1/health`, `/v1/ready` and `/metrics`
-//! exist for every role so probes and scrapes work the same everywhere.
+//! exist for every role so probes and scrapes work the same everywhere. The ingest routes
+//! share one in-flight cap (`HTTP_MAX_INFLIGHT`): past it a request is shed at once with 503
+//! and `Retry-After` instead of queueing in memory; probes and scrapes are not capped (health
+//! must answer while ingest is saturated). The server around the router (accept loop,
+//! connection cap, header and idle timeouts, shutdown) is [`serve`]; bodies are read by
+//! [`body`].
 
+pub mod body;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 
 use crate::config::Secret;
 use crate::event::TimeWindow;
@@ -35,6 +46,10 @@ pub struct Collector<Q, S> {
     pub(crate) max_batch: usize,
     /// How far from the clock a reading's timestamp may be.
     pub(crate) window: TimeWindow,
+    /// Longest time to receive a whole body (`HTTP_BODY_TIMEOUT`).
+    pub(crate) body_timeout: Duration,
+    /// Most ingest requests handled at once (`HTTP_MAX_INFLIGHT`).
+    pub(crate) max_inflight: usize,
     /// Bearer token required for ingest, when set.
     pub(crate) auth_token: Option<Secret>,
     /// The worker pool's state, for roles that run workers (stall and readiness checks).
@@ -56,6 +71,10 @@ pub struct HttpSettings {
     pub max_body: usize,
     pub max_batch: usize,
     pub window: TimeWindow,
+    /// Longest time to receive a whole request body; past it 408.
+    pub body_timeout: Duration,
+    /// Most ingest requests handled at once; past it 503 with Retry-After.
+    pub max_inflight: usize,
     pub auth_token: Option<Secret>,
     pub stall_after: Duration,
     pub consumer_name: String,
@@ -79,6 +98,8 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             max_body: settings.max_body,
             max_batch: settings.max_batch,
             window: settings.window,
+            body_timeout: settings.body_timeout,
+            max_inflight: settings.max_inflight,
             auth_token: settings.auth_token,
             pool,
             stall_after: settings.stall_after,
@@ -115,16 +136,35 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The router; `with_ingest` adds the ingest routes (roles with a collector).
+/// The router; `with_ingest` adds the ingest routes (roles with a collector), behind the
+/// in-flight cap.
 pub fn router<Q: Queue, S: Store>(app: Arc<Collector<Q, S>>, with_ingest: bool) -> Router {
     let mut r = Router::new()
         .route("/v1/health", get(health::health::<Q, S>))
         .route("/v1/ready", get(health::ready::<Q, S>))
         .route("/metrics", get(health::metrics::<Q, S>));
     if with_ingest {
-        r = r
+        // One semaphore for both routes: the cap is on requests, whichever route they take.
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            app.max_inflight.min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        let cap = ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(shed))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(permits));
+        let ingest = Router::new()
             .route("/v1/ingest", post(ingest::ingest::<Q, S>))
-            .route("/v1/ingest/batch", post(ingest::ingest_batch::<Q, S>));
+            .route("/v1/ingest/batch", post(ingest::ingest_batch::<Q, S>))
+            .route_layer(cap);
+        r = r.merge(ingest);
     }
     r.with_state(app)
+}
+
+/// The answer when the in-flight cap sheds a request (the only error of the cap's layers).
+async fn shed(e: tower::BoxError) -> ApiError {
+    if !e.is::<tower::load_shed::error::Overloaded>() {
+        tracing::warn!(error = %e, "unexpected error from the in-flight cap; answered 503");
+    }
+    ApiError::Overloaded
 }

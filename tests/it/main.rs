@@ -6,6 +6,7 @@ mod drills;
 mod embedded;
 mod faults;
 mod harness;
+mod hostile_http;
 mod hostile_input;
 mod hostile_memory;
 mod loadgen;
