@@ -259,6 +259,7 @@ async fn assemble<Q: Queue, S: Store>(
         window: settings.http.time_window(),
         body_timeout: settings.http.http_body_timeout,
         max_inflight: settings.http.http_max_inflight,
+        max_inflight_bytes: settings.http.ingest_max_inflight_bytes,
         auth_token: settings.http.ingest_auth_token.clone(),
         stall_after: settings.worker.stall_after,
         consumer_name: settings.nats.consumer_name.clone(),

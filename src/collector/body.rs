@@ -19,13 +19,78 @@
 //! body is checked as JSON anyway, so nothing unchecked gets in.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 
 use super::error::ApiError;
 use crate::event::{FieldError, Loc, Rejection};
+
+/// Granularity of the body budget: one permit per KiB.
+const BUDGET_UNIT: usize = 1024;
+
+/// The bytes of request bodies all ingest requests together may hold at once
+/// (`INGEST_MAX_INFLIGHT_BYTES`): without it, `HTTP_MAX_INFLIGHT` batches of
+/// `INGEST_MAX_BATCH_BYTES` each (4 GiB with the defaults) could be read at the same time.
+///
+/// A request reserves, before its body is read, what it may come to hold: its declared
+/// `Content-Length` (at most the route's limit), or the limit when it declares none, plus
+/// the limit again for the inflated copy of a gzip body. Whatever cannot be reserved at
+/// once is answered 503 with `Retry-After` (nothing was read, nothing queued); the
+/// reservation is held until the answer, since the parsed events and the queue messages
+/// live that long.
+#[derive(Clone, Debug)]
+pub struct BodyBudget {
+    permits: Arc<Semaphore>,
+    total: u32,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes` (rounded down to whole KiB, at least one).
+    pub fn new(bytes: usize) -> BodyBudget {
+        let units = (bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        BodyBudget {
+            permits: Arc::new(Semaphore::new(units)),
+            total: u32::try_from(units).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Reserves what a request with these headers may hold under `limit`.
+    ///
+    /// # Errors
+    /// `OverBudget` when the budget does not have it right now.
+    pub fn reserve(
+        &self,
+        headers: &HeaderMap,
+        limit: usize,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(limit, |n| n.min(limit));
+        let inflated = if is_gzip(headers) { limit } else { 0 };
+        let units = (declared.saturating_add(inflated))
+            .div_ceil(BUDGET_UNIT)
+            .max(1);
+        let units = u32::try_from(units).unwrap_or(u32::MAX).min(self.total);
+        Arc::clone(&self.permits)
+            .try_acquire_many_owned(units)
+            .map_err(|_| ApiError::OverBudget)
+    }
+}
+
+/// True when the body says it is gzip.
+fn is_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "gzip" | "x-gzip"))
+}
 
 /// The media type of the request, lower-case, without parameters; `None` when the header
 /// is missing or empty (the handlers treat that as JSON, see the module comment).
@@ -116,6 +181,47 @@ mod tests {
     use futures::StreamExt as _;
 
     use super::*;
+
+    fn with_length(n: usize, gzip: bool) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, n.into());
+        if gzip {
+            h.insert(
+                header::CONTENT_ENCODING,
+                axum::http::HeaderValue::from_static("gzip"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_body_budget_reserves_the_declared_length_or_the_limit() {
+        let budget = BodyBudget::new(64 * 1024);
+        // No Content-Length: the limit (32 KiB) is reserved; two fill the budget.
+        let a = budget.reserve(&HeaderMap::new(), 32 * 1024);
+        let b = budget.reserve(&HeaderMap::new(), 32 * 1024);
+        assert!(a.is_ok() && b.is_ok());
+        assert!(matches!(
+            budget.reserve(&with_length(10, false), 32 * 1024),
+            Err(ApiError::OverBudget)
+        ));
+        drop(a);
+        // A declared small body takes one KiB; a declared length past the limit only the
+        // limit; gzip the limit again for the inflated copy.
+        let small: Vec<_> = (0..32)
+            .map(|_| budget.reserve(&with_length(600, false), 32 * 1024))
+            .collect();
+        assert!(small.iter().all(Result::is_ok));
+        assert!(budget.reserve(&with_length(1, true), 32 * 1024).is_err());
+        drop(small);
+        drop(b);
+        let huge = budget.reserve(&with_length(usize::MAX, false), 32 * 1024);
+        assert!(huge.is_ok());
+        // 32 KiB left: a gzip body needs 1 KiB + 32 KiB.
+        assert!(budget.reserve(&with_length(1, true), 32 * 1024).is_err());
+        drop(huge);
+        assert!(budget.reserve(&with_length(1, true), 32 * 1024).is_ok());
+    }
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -42,6 +42,9 @@ pub enum ApiError {
     /// More than `HTTP_MAX_INFLIGHT` ingest requests in progress: 503 with Retry-After.
     #[error("more ingest requests in progress than HTTP_MAX_INFLIGHT allows")]
     Overloaded,
+    /// The bodies in progress hold `INGEST_MAX_INFLIGHT_BYTES`: 503 with Retry-After.
+    #[error("request bodies in progress hold the byte budget")]
+    OverBudget,
     /// Auth is on and the bearer token is missing or wrong: 401.
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -66,7 +69,7 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::OverBudget => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -98,6 +101,9 @@ impl ApiError {
             ApiError::Overloaded => json!({
                 "detail": "server busy: too many ingest requests in progress (HTTP_MAX_INFLIGHT); nothing was queued, retry later",
             }),
+            ApiError::OverBudget => json!({
+                "detail": "server busy: the request bodies in progress hold INGEST_MAX_INFLIGHT_BYTES; nothing was queued, retry later",
+            }),
             ApiError::UnsupportedType(t) => json!({
                 "detail": format!("content-type: `{t}` is not supported; send application/json (or application/x-ndjson to /v1/ingest/batch)"),
                 "errors": [{"loc": ["headers", "content-type"], "msg": "must be application/json"}],
@@ -127,15 +133,24 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded => {
                 tracing::warn!("ingest answered 503: HTTP_MAX_INFLIGHT reached")
             }
+            ApiError::OverBudget => {
+                tracing::warn!("ingest answered 503: INGEST_MAX_INFLIGHT_BYTES reached")
+            }
             ApiError::BodyRead(e) => tracing::debug!(error = %e, "ingest body unreadable"),
             other => tracing::debug!(error = %other, "ingest rejected"),
         }
         let mut resp = (self.status(), Json(self.body())).into_response();
-        if matches!(self, ApiError::Unavailable(_) | ApiError::Overloaded) {
+        if matches!(
+            self,
+            ApiError::Unavailable(_) | ApiError::Overloaded | ApiError::OverBudget
+        ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
-        if matches!(self, ApiError::BodyTimeout { .. } | ApiError::BodyRead(_)) {
+        if matches!(
+            self,
+            ApiError::BodyTimeout { .. } | ApiError::BodyRead(_) | ApiError::OverBudget
+        ) {
             // The rest of the body is not read: the connection cannot carry another request.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -36,6 +36,7 @@ pub async fn ingest<Q: Queue, S: Store>(
         Some(t) if t.ends_with("+json") => {}
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     }
+    let _budget = app.body_budget.reserve(&headers, app.max_body)?;
     let bytes = read_body(&headers, body, app.max_body, app.body_timeout).await?;
     let event = NormalizedEvent::parse_with(&bytes, app.window).map_err(|r| {
         app.metrics.error("validation_error", 1);
@@ -79,6 +80,7 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
         Some(t) if t.ends_with("+json") => BatchFormat::JsonArray,
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     };
+    let _budget = app.body_budget.reserve(&headers, app.max_batch)?;
     let bytes = read_body(&headers, body, app.max_batch, app.body_timeout).await?;
     let rules = BatchRules {
         window: app.window,

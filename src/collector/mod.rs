@@ -50,6 +50,8 @@ pub struct Collector<Q, S> {
     pub(crate) body_timeout: Duration,
     /// Most ingest requests handled at once (`HTTP_MAX_INFLIGHT`).
     pub(crate) max_inflight: usize,
+    /// Bytes of bodies all ingest requests may hold at once (`INGEST_MAX_INFLIGHT_BYTES`).
+    pub(crate) body_budget: body::BodyBudget,
     /// Bearer token required for ingest, when set.
     pub(crate) auth_token: Option<Secret>,
     /// The worker pool's state, for roles that run workers (stall and readiness checks).
@@ -75,6 +77,8 @@ pub struct HttpSettings {
     pub body_timeout: Duration,
     /// Most ingest requests handled at once; past it 503 with Retry-After.
     pub max_inflight: usize,
+    /// Bytes of bodies all ingest requests may hold at once; past it 503 with Retry-After.
+    pub max_inflight_bytes: usize,
     pub auth_token: Option<Secret>,
     pub stall_after: Duration,
     pub consumer_name: String,
@@ -100,6 +104,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             window: settings.window,
             body_timeout: settings.body_timeout,
             max_inflight: settings.max_inflight,
+            body_budget: body::BodyBudget::new(settings.max_inflight_bytes),
             auth_token: settings.auth_token,
             pool,
             stall_after: settings.stall_after,

@@ -76,6 +76,16 @@ impl Settings {
                 ),
             });
         }
+        if h.ingest_max_inflight_bytes / 2 < h.ingest_max_batch_bytes {
+            return Err(ConfigError::Invalid {
+                name: "INGEST_MAX_INFLIGHT_BYTES",
+                reason: format!(
+                    "{} is below twice INGEST_MAX_BATCH_BYTES ({}): a largest gzip batch \
+                     (its body and its inflated copy) must fit",
+                    h.ingest_max_inflight_bytes, h.ingest_max_batch_bytes
+                ),
+            });
+        }
         positive_duration("SHUTDOWN_TIMEOUT", h.shutdown_timeout)?;
         positive_duration("HTTP_HEADER_TIMEOUT", h.http_header_timeout)?;
         positive_duration("HTTP_BODY_TIMEOUT", h.http_body_timeout)?;

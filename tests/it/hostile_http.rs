@@ -345,6 +345,74 @@ async fn over_the_inflight_cap_ingest_gets_503_with_retry_after(kind: Kind) {
 }
 crate::both_deployments!(over_the_inflight_cap_ingest_gets_503_with_retry_after);
 
+/// Bodies in progress are bounded in bytes as well as in number: two stalled batch
+/// requests without a Content-Length reserve the batch limit each and fill
+/// INGEST_MAX_INFLIGHT_BYTES, so a third request gets 503 with Retry-After before its body
+/// is read; once they go away, ingest is served again.
+async fn over_the_body_byte_budget_ingest_gets_503_with_retry_after(kind: Kind) {
+    let env = TestEnv::new(kind);
+    env.import_demo().await;
+    let app = env
+        .start(
+            Role::Serve,
+            &[
+                "--ingest-max-body-bytes",
+                "8192",
+                "--ingest-max-batch-bytes",
+                "65536",
+                "--ingest-max-inflight-bytes",
+                "131072",
+            ],
+        )
+        .await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .expect("connect");
+        let head = "POST /v1/ingest/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                    Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n[\r\n";
+        s.write_all(head.as_bytes()).await.expect("head");
+        stalled.push(s);
+    }
+    let started = Instant::now();
+    let mut served = 0;
+    let (headers, body) = loop {
+        let (status, headers, body) = app
+            .post_full(
+                "/v1/ingest",
+                "application/json",
+                one(200 + served).to_string().into_bytes(),
+            )
+            .await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break (headers, body);
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        served += 1;
+        assert!(started.elapsed() < BOUND, "the budget is never reached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("INGEST_MAX_INFLIGHT_BYTES"),
+        "{body}"
+    );
+    assert_alive(&app).await;
+    drop(stalled);
+    wait_until("ingest is served again", BOUND, || async {
+        app.post_event(&one(0)).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_landed(&env, 1 + served as u64).await;
+    assert_alive(&app).await;
+    app.stop().await;
+}
+crate::both_deployments!(over_the_body_byte_budget_ingest_gets_503_with_retry_after);
+
 /// A body that cannot be read is 400 naming `body` (not 413): a malformed chunked
 /// encoding, a body cut short by the client; one that does not arrive in time is 408.
 /// Nothing of them is queued, and the service goes on serving.
