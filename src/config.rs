@@ -361,9 +361,9 @@ pub struct HttpArgs {
     /// Retry-After. Health, readiness and metrics are not counted.
     #[arg(long, env = "HTTP_MAX_INFLIGHT", default_value_t = 256, global = true)]
     pub http_max_inflight: usize,
-    /// Most bytes of request bodies held at once by all ingest requests together (each
-    /// reserves its Content-Length, or its route's limit without one, plus the limit again
-    /// when gzip); past it 503 with Retry-After. At least twice INGEST_MAX_BATCH_BYTES.
+    /// Most bytes of request bodies held at once by all ingest requests together (a request
+    /// holds the bytes it received so far, plus room for the inflated copy of a gzip body);
+    /// past it 503 with Retry-After. At least twice INGEST_MAX_BATCH_BYTES.
     #[arg(long, env = "INGEST_MAX_INFLIGHT_BYTES", default_value_t = 128 << 20, global = true)]
     pub ingest_max_inflight_bytes: usize,
     /// Latest accepted `source_timestamp`, ahead of the server's clock (400 beyond; 0 = no

@@ -35,18 +35,17 @@ const BUDGET_UNIT: usize = 1024;
 
 /// The bytes of request bodies all ingest requests together may hold at once
 /// (`INGEST_MAX_INFLIGHT_BYTES`): without it, `HTTP_MAX_INFLIGHT` batches of
-/// `INGEST_MAX_BATCH_BYTES` each (4 GiB with the defaults) could be read at the same time.
+/// `INGEST_MAX_BATCH_BYTES` each (4 GiB with the defaults) could be held at the same time.
 ///
-/// A request reserves, before its body is read, what it may come to hold: its declared
-/// `Content-Length` (at most the route's limit), or the limit when it declares none, plus
-/// the limit again for the inflated copy of a gzip body. Whatever cannot be reserved at
-/// once is answered 503 with `Retry-After` (nothing was read, nothing queued); the
-/// reservation is held until the answer, since the parsed events and the queue messages
-/// live that long.
+/// A request's [`Reservation`] grows with what it actually holds: the body bytes as they
+/// arrive, then (gzip) room for the inflated copy. A client that stalls half-way holds only
+/// what it sent, so a few slow clients cannot lock everyone else out. When the budget does
+/// not have the next piece, the request is answered 503 with `Retry-After` and nothing is
+/// queued; the reservation is held until the answer, since the parsed events and the queue
+/// messages live that long.
 #[derive(Clone, Debug)]
 pub struct BodyBudget {
     permits: Arc<Semaphore>,
-    total: u32,
 }
 
 impl BodyBudget {
@@ -55,42 +54,52 @@ impl BodyBudget {
         let units = (bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         BodyBudget {
             permits: Arc::new(Semaphore::new(units)),
-            total: u32::try_from(units).unwrap_or(u32::MAX),
         }
     }
 
-    /// Reserves what a request with these headers may hold under `limit`.
-    ///
-    /// # Errors
-    /// `OverBudget` when the budget does not have it right now.
-    pub fn reserve(
-        &self,
-        headers: &HeaderMap,
-        limit: usize,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(limit, |n| n.min(limit));
-        let inflated = if is_gzip(headers) { limit } else { 0 };
-        let units = (declared.saturating_add(inflated))
-            .div_ceil(BUDGET_UNIT)
-            .max(1);
-        let units = u32::try_from(units).unwrap_or(u32::MAX).min(self.total);
-        Arc::clone(&self.permits)
-            .try_acquire_many_owned(units)
-            .map_err(|_| ApiError::OverBudget)
+    /// An empty reservation on this budget, for one request.
+    pub fn reservation(&self) -> Reservation {
+        Reservation {
+            permits: Arc::clone(&self.permits),
+            held: None,
+            units: 0,
+        }
     }
 }
 
-/// True when the body says it is gzip.
-fn is_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "gzip" | "x-gzip"))
+/// What one request holds of the [`BodyBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    permits: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    units: usize,
 }
+
+impl Reservation {
+    /// Grows the reservation to cover `bytes` in all.
+    ///
+    /// # Errors
+    /// `OverBudget` when the budget does not have the difference right now.
+    pub fn grow_to(&mut self, bytes: usize) -> Result<(), ApiError> {
+        let want = bytes.div_ceil(BUDGET_UNIT);
+        if want <= self.units {
+            return Ok(());
+        }
+        let more = u32::try_from(want - self.units).map_err(|_| ApiError::OverBudget)?;
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_many_owned(more)
+            .map_err(|_| ApiError::OverBudget)?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        self.units = want;
+        Ok(())
+    }
+}
+
+/// Largest expansion of deflate data (its format's theoretical limit is about 1032:1).
+const MAX_INFLATE_RATIO: usize = 1032;
 
 /// The media type of the request, lower-case, without parameters; `None` when the header
 /// is missing or empty (the handlers treat that as JSON, see the module comment).
@@ -121,6 +130,7 @@ pub async fn read_body(
     body: Body,
     limit: usize,
     timeout: Duration,
+    held: &mut Reservation,
 ) -> Result<Bytes, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -132,16 +142,43 @@ pub async fn read_body(
         // Refused before reading: no point receiving what cannot be decoded.
         Some(other) => return Err(ApiError::UnsupportedEncoding(other.to_string())),
     };
-    let raw = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+    let raw = match tokio::time::timeout(timeout, read_limited(body, limit, held)).await {
         Err(_elapsed) => return Err(ApiError::BodyTimeout { timeout }),
-        Ok(Err(e)) if is_length_limit(&e) => return Err(ApiError::TooLarge { limit }),
-        Ok(Err(e)) => return Err(ApiError::BodyRead(e)),
-        Ok(Ok(raw)) => raw,
+        Ok(result) => result?,
     };
     if !gzip {
         return Ok(raw);
     }
+    // Room for the inflated copy, before inflating: at most the limit, and no more than
+    // deflate can expand this many bytes to.
+    held.grow_to(raw.len() + limit.min(raw.len().saturating_mul(MAX_INFLATE_RATIO)))?;
     gunzip(&raw, limit)
+}
+
+/// Reads the body frame by frame, at most `limit` bytes, growing `held` as bytes arrive.
+async fn read_limited(body: Body, limit: usize, held: &mut Reservation) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if is_length_limit(&e) {
+                ApiError::TooLarge { limit }
+            } else {
+                ApiError::BodyRead(e)
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry no body bytes
+        };
+        let total = buf.len() + data.len();
+        if total > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        held.grow_to(total)?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
 }
 
 /// Inflates every gzip member of `raw`, at most `limit` bytes in all.
@@ -182,45 +219,21 @@ mod tests {
 
     use super::*;
 
-    fn with_length(n: usize, gzip: bool) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_LENGTH, n.into());
-        if gzip {
-            h.insert(
-                header::CONTENT_ENCODING,
-                axum::http::HeaderValue::from_static("gzip"),
-            );
-        }
-        h
-    }
-
     #[test]
-    fn the_body_budget_reserves_the_declared_length_or_the_limit() {
+    fn a_reservation_grows_with_what_it_holds_and_gives_it_back() {
         let budget = BodyBudget::new(64 * 1024);
-        // No Content-Length: the limit (32 KiB) is reserved; two fill the budget.
-        let a = budget.reserve(&HeaderMap::new(), 32 * 1024);
-        let b = budget.reserve(&HeaderMap::new(), 32 * 1024);
-        assert!(a.is_ok() && b.is_ok());
-        assert!(matches!(
-            budget.reserve(&with_length(10, false), 32 * 1024),
-            Err(ApiError::OverBudget)
-        ));
-        drop(a);
-        // A declared small body takes one KiB; a declared length past the limit only the
-        // limit; gzip the limit again for the inflated copy.
-        let small: Vec<_> = (0..32)
-            .map(|_| budget.reserve(&with_length(600, false), 32 * 1024))
-            .collect();
-        assert!(small.iter().all(Result::is_ok));
-        assert!(budget.reserve(&with_length(1, true), 32 * 1024).is_err());
-        drop(small);
+        let mut a = budget.reservation();
+        assert!(a.grow_to(600).is_ok());
+        assert!(a.grow_to(32 * 1024).is_ok());
+        assert!(a.grow_to(100).is_ok(), "shrinking keeps what is held");
+        let mut b = budget.reservation();
+        assert!(b.grow_to(32 * 1024).is_ok());
+        let mut c = budget.reservation();
+        assert!(matches!(c.grow_to(1), Err(ApiError::OverBudget)));
+        assert!(matches!(a.grow_to(33 * 1024), Err(ApiError::OverBudget)));
         drop(b);
-        let huge = budget.reserve(&with_length(usize::MAX, false), 32 * 1024);
-        assert!(huge.is_ok());
-        // 32 KiB left: a gzip body needs 1 KiB + 32 KiB.
-        assert!(budget.reserve(&with_length(1, true), 32 * 1024).is_err());
-        drop(huge);
-        assert!(budget.reserve(&with_length(1, true), 32 * 1024).is_ok());
+        assert!(c.grow_to(32 * 1024).is_ok());
+        assert!(matches!(c.grow_to(usize::MAX), Err(ApiError::OverBudget)));
     }
 
     fn gz(data: &[u8]) -> Vec<u8> {
@@ -239,7 +252,42 @@ mod tests {
     }
 
     async fn read(headers: &HeaderMap, raw: Vec<u8>, limit: usize) -> Result<Bytes, ApiError> {
-        read_body(headers, Body::from(raw), limit, Duration::from_secs(5)).await
+        let budget = BodyBudget::new(1 << 30);
+        let mut held = budget.reservation();
+        read_body(
+            headers,
+            Body::from(raw),
+            limit,
+            Duration::from_secs(5),
+            &mut held,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_budget_is_refused_and_the_budget_given_back() {
+        let budget = BodyBudget::new(4 * 1024);
+        let mut held = budget.reservation();
+        let out = read_body(
+            &HeaderMap::new(),
+            Body::from(vec![b'x'; 5000]),
+            10_000,
+            Duration::from_secs(5),
+            &mut held,
+        )
+        .await;
+        assert!(matches!(out, Err(ApiError::OverBudget)), "{out:?}");
+        drop(held);
+        let mut held = budget.reservation();
+        let out = read_body(
+            &HeaderMap::new(),
+            Body::from(vec![b'x'; 4000]),
+            10_000,
+            Duration::from_secs(5),
+            &mut held,
+        )
+        .await;
+        assert_eq!(out.map(|b| b.len()).ok(), Some(4000));
     }
 
     #[tokio::test]
@@ -290,11 +338,13 @@ mod tests {
                 "reset",
             )),
         ]);
+        let budget = BodyBudget::new(1 << 20);
         let out = read_body(
             &HeaderMap::new(),
             Body::from_stream(stream),
             1000,
             Duration::from_secs(5),
+            &mut budget.reservation(),
         )
         .await;
         assert!(matches!(out, Err(ApiError::BodyRead(_))), "{out:?}");
@@ -304,11 +354,13 @@ mod tests {
     async fn a_body_that_never_ends_times_out() {
         let stream = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("[")) })
             .chain(futures::stream::pending());
+        let budget = BodyBudget::new(1 << 20);
         let out = read_body(
             &HeaderMap::new(),
             Body::from_stream(stream),
             1000,
             Duration::from_millis(50),
+            &mut budget.reservation(),
         )
         .await;
         assert!(matches!(out, Err(ApiError::BodyTimeout { .. })), "{out:?}");

@@ -36,8 +36,9 @@ pub async fn ingest<Q: Queue, S: Store>(
         Some(t) if t.ends_with("+json") => {}
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     }
-    let _budget = app.body_budget.reserve(&headers, app.max_body)?;
-    let bytes = read_body(&headers, body, app.max_body, app.body_timeout).await?;
+    // Held until the answer: the body, the event and its queue message live that long.
+    let mut held = app.body_budget.reservation();
+    let bytes = read_body(&headers, body, app.max_body, app.body_timeout, &mut held).await?;
     let event = NormalizedEvent::parse_with(&bytes, app.window).map_err(|r| {
         app.metrics.error("validation_error", 1);
         ApiError::Invalid(r)
@@ -80,8 +81,8 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
         Some(t) if t.ends_with("+json") => BatchFormat::JsonArray,
         Some(t) => return Err(ApiError::UnsupportedType(t.to_string())),
     };
-    let _budget = app.body_budget.reserve(&headers, app.max_batch)?;
-    let bytes = read_body(&headers, body, app.max_batch, app.body_timeout).await?;
+    let mut held = app.body_budget.reservation();
+    let bytes = read_body(&headers, body, app.max_batch, app.body_timeout, &mut held).await?;
     let rules = BatchRules {
         window: app.window,
         max_item_bytes: app.max_body,

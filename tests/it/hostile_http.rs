@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nsready::app::Role;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -345,10 +345,11 @@ async fn over_the_inflight_cap_ingest_gets_503_with_retry_after(kind: Kind) {
 }
 crate::both_deployments!(over_the_inflight_cap_ingest_gets_503_with_retry_after);
 
-/// Bodies in progress are bounded in bytes as well as in number: two stalled batch
-/// requests without a Content-Length reserve the batch limit each and fill
-/// INGEST_MAX_INFLIGHT_BYTES, so a third request gets 503 with Retry-After before its body
-/// is read; once they go away, ingest is served again.
+/// Bodies in progress are bounded in bytes as well as in number: two clients that sent
+/// most of a large batch body and stalled hold what they sent of INGEST_MAX_INFLIGHT_BYTES;
+/// a request whose body does not fit in the rest gets 503 with Retry-After, one that fits
+/// is served (a stalled client holds only what it sent); once they go away, the larger
+/// request is served too.
 async fn over_the_body_byte_budget_ingest_gets_503_with_retry_after(kind: Kind) {
     let env = TestEnv::new(kind);
     env.import_demo().await;
@@ -370,27 +371,32 @@ async fn over_the_body_byte_budget_ingest_gets_503_with_retry_after(kind: Kind) 
         let mut s = TcpStream::connect(("127.0.0.1", app.port))
             .await
             .expect("connect");
-        let head = "POST /v1/ingest/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-                    Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n[\r\n";
-        s.write_all(head.as_bytes()).await.expect("head");
+        s.write_all(head("/v1/ingest/batch", 64_000).as_bytes())
+            .await
+            .expect("head");
+        let mut part = vec![b' '; 62_000];
+        part[0] = b'[';
+        s.write_all(&part).await.expect("most of the body");
         stalled.push(s);
     }
+    let mut big = one(1);
+    big["metadata"] = json!({"pad": "p".repeat(7_000)});
     let started = Instant::now();
-    let mut served = 0;
     let (headers, body) = loop {
         let (status, headers, body) = app
             .post_full(
                 "/v1/ingest",
                 "application/json",
-                one(200 + served).to_string().into_bytes(),
+                big.to_string().into_bytes(),
             )
             .await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             break (headers, body);
         }
+        // The stalled bodies may not all have arrived yet.
         assert_eq!(status, StatusCode::OK, "{body}");
-        served += 1;
         assert!(started.elapsed() < BOUND, "the budget is never reached");
+        big["metadata"]["n"] = json!(started.elapsed().as_nanos().to_string());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(headers.get("retry-after").is_some(), "{headers:?}");
@@ -401,13 +407,18 @@ async fn over_the_body_byte_budget_ingest_gets_503_with_retry_after(kind: Kind) 
             .contains("INGEST_MAX_INFLIGHT_BYTES"),
         "{body}"
     );
+    // A small body still fits beside the stalled ones.
+    let (status, body) = app.post_event(&one(2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_alive(&app).await;
     drop(stalled);
-    wait_until("ingest is served again", BOUND, || async {
-        app.post_event(&one(0)).await.0 == StatusCode::OK
+    big["metadata"]["n"] = json!("after");
+    wait_until("the larger body is served again", BOUND, || async {
+        app.post_event(&big).await.0 == StatusCode::OK
     })
     .await;
-    assert_landed(&env, 1 + served as u64).await;
+    // Every 200 of the loop and the two after it wrote the same two keys (events 1 and 2).
+    assert_landed(&env, 2).await;
     assert_alive(&app).await;
     app.stop().await;
 }
