@@ -278,6 +278,31 @@ impl TestEnv {
         }
     }
 
+    /// Makes the store itself refuse any row with this value (a CHECK constraint in
+    /// PostgreSQL, a trigger in SQLite): poison that only the database can see.
+    pub fn refuse_value_in_store(&self, value: f64) {
+        match self.kind {
+            Kind::ScaleOut => {
+                self.pg.as_ref().expect("pg").psql(
+                    "nsready_test",
+                    &format!(
+                        "ALTER TABLE ingest_events ADD CONSTRAINT test_poison \
+                         CHECK (value IS DISTINCT FROM {value})"
+                    ),
+                );
+            }
+            Kind::Embedded => {
+                let conn = rusqlite::Connection::open(self.dir.path().join("nsready.db"))
+                    .expect("open sqlite");
+                conn.execute_batch(&format!(
+                    "CREATE TRIGGER test_poison BEFORE INSERT ON ingest_events \
+                     WHEN NEW.value = {value} BEGIN SELECT RAISE(ABORT, 'test poison'); END;"
+                ))
+                .expect("create trigger");
+            }
+        }
+    }
+
     /// Runs one SQL query returning a single integer (`SELECT count(*) ...`).
     pub fn count(&self, sql: &str) -> i64 {
         match self.kind {
