@@ -36,6 +36,7 @@ pub fn embedded_queue_options(settings: &Settings) -> EmbeddedQueueOptions {
         max_bytes: settings.embedded.embedded_queue_max_bytes,
         ack_wait: settings.worker.worker_ack_wait,
         duplicate_window: settings.nats.duplicate_window,
+        publish_timeout: settings.nats.publish_timeout,
     }
 }
 

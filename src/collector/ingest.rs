@@ -21,6 +21,7 @@ use super::Collector;
 use super::error::{ApiError, RETRY_AFTER_SECS};
 use crate::event::envelope;
 use crate::event::{BatchFormat, NormalizedEvent};
+use crate::metrics::{ErrorType, EventStatus};
 use crate::queue::{Outgoing, Queue, QueueError};
 use crate::store::Store;
 
@@ -38,14 +39,14 @@ pub async fn ingest<Q: Queue, S: Store>(
     }
     let bytes = read_body(&headers, body, app.max_body).await?;
     let event = NormalizedEvent::parse(&bytes).map_err(|r| {
-        app.metrics.error("validation_error", 1);
+        app.metrics.error(ErrorType::ValidationError, 1);
         ApiError::Invalid(r)
     })?;
     let (trace_id, msg) = outgoing(&event);
     let started = Instant::now();
     app.queue.publish(msg).await?;
     app.metrics.publish_seconds(started.elapsed().as_secs_f64());
-    app.metrics.events("queued", 1);
+    app.metrics.events(EventStatus::Queued, 1);
     // `status` first, compact, one line (DESIGN.md §4).
     let body = format!(r#"{{"status":"queued","trace_id":"{trace_id}"}}"#);
     Ok((
@@ -94,7 +95,8 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
     }
     let rejected = results.len() - slots.len();
     if rejected > 0 {
-        app.metrics.error("validation_error", rejected as u64);
+        app.metrics
+            .error(ErrorType::ValidationError, rejected as u64);
     }
     let started = Instant::now();
     let published = app.queue.publish_many(to_publish).await;
@@ -121,7 +123,7 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
             }
         };
     }
-    app.metrics.events("queued", accepted as u64);
+    app.metrics.events(EventStatus::Queued, accepted as u64);
     let not_queued = results.len() - accepted;
     let body = json!({
         "status": if unavailable.is_some() { "partial" } else { "queued" },

@@ -284,7 +284,7 @@ async fn dead_letter_moves_the_message_to_the_dlq_once() -> TestResult {
     let mut got = q.fetch(1, WAIT).await?;
     let d = got.remove(0);
     let reason = DeadLetterReason {
-        error_type: "device_not_found",
+        error_type: crate::metrics::ErrorType::DeviceNotFound,
         reason: "device_id: device x is not in the registry".into(),
     };
     let copy = crate::queue::Delivery {
@@ -295,8 +295,8 @@ async fn dead_letter_moves_the_message_to_the_dlq_once() -> TestResult {
         published_at: d.published_at,
         handle: d.handle,
     };
-    q.dead_letter(d, &reason).await?;
-    q.dead_letter(copy, &reason).await?;
+    q.dead_letter(&d, &reason).await?;
+    q.dead_letter(&copy, &reason).await?;
     let stats = q.stats().await?;
     assert_eq!((stats.depth(), stats.dlq_depth), (0, 1));
     let list = q.dlq_list(0, 10).await?;
@@ -372,10 +372,10 @@ async fn reopening_keeps_unacked_messages() -> TestResult {
         let bad = got.pop().ok_or("no message")?;
         q.ack(vec![done]).await?;
         let reason = DeadLetterReason {
-            error_type: "validation_error",
+            error_type: crate::metrics::ErrorType::ValidationError,
             reason: "x".into(),
         };
-        q.dead_letter(bad, &reason).await?;
+        q.dead_letter(&bad, &reason).await?;
         // `got` (the "keep" delivery) is never settled: the process "dies" here.
         let dl = q.dlq_list(0, 10).await?;
         (p.seq, dl[0].seq)

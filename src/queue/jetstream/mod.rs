@@ -17,9 +17,11 @@ use futures::StreamExt;
 use futures::future::join_all;
 
 use super::{
-    DeadLetter, DeadLetterReason, Delivery, Outgoing, Published, Queue, QueueError, QueueStats,
+    DeadLetter, DeadLetterReason, Delivery, DlqCounts, Outgoing, Published, Queue, QueueError,
+    QueueStats,
 };
 use crate::config::NatsArgs;
+use crate::store::text::{MAX_FIELD_BYTES, MAX_REASON_BYTES, storable};
 
 mod setup;
 
@@ -32,6 +34,19 @@ const ERROR_TYPE: &str = "Nsready-Error-Type";
 const DELIVERED: &str = "Nsready-Delivered";
 const ORIGINAL_SEQ: &str = "Nsready-Original-Seq";
 const DEAD_AT: &str = "Nsready-Dead-At";
+/// On a dead letter whose payload had to be cut to fit `max_payload`: the original size.
+pub const TRUNCATED: &str = "Nsready-Truncated-From";
+
+/// Bytes reserved for a dead letter's headers on top of its payload. Ingest refuses a
+/// message whose payload would not leave this much room under the server's `max_payload`
+/// ([`JetStreamQueue::check_size`]), so every message from the collector can be
+/// dead-lettered whole. Header values are bounded to fit: the reason at
+/// [`MAX_REASON_BYTES`], the trace id at [`MAX_FIELD_BYTES`].
+pub const DLQ_HEADER_BUDGET: usize = 2048;
+
+/// Room a pull's `max_bytes` needs beyond `max_payload` for one message (subject, reply
+/// subject and protocol framing), so a byte-capped pull always fits one message.
+const PULL_OVERHEAD: usize = 4096;
 
 /// Settings of the stream, consumer and DLQ, taken from the configuration.
 #[derive(Clone, Debug)]
@@ -85,6 +100,10 @@ pub struct JetStreamQueue {
     js: jetstream::Context,
     consumer: consumer::Consumer<consumer::pull::Config>,
     opts: JetStreamOptions,
+    /// Creation time of the `INGRESS` stream (Unix nanoseconds), part of every dead letter's
+    /// message id: sequences restart at 1 when the stream is recreated, and without it the
+    /// DLQ's duplicate window would swallow the new letter.
+    stream_created: i128,
 }
 
 impl std::fmt::Debug for JetStreamQueue {
@@ -118,14 +137,22 @@ impl JetStreamQueue {
         }
     }
 
-    /// Refuses a message the server would reject for its size (headers included, roughly).
+    /// Refuses a message the server would reject for its size (headers included, roughly),
+    /// or whose dead letter would not fit: its payload plus [`DLQ_HEADER_BUDGET`] must stay
+    /// within `max_payload`.
     fn check_size(&self, msg: &Outgoing) -> Result<(), QueueError> {
         let limit = self.client.server_info().max_payload;
-        let size = msg.payload.len() + msg.msg_id.len() + msg.trace_id.len() + 64;
+        let size = (msg.payload.len() + msg.msg_id.len() + msg.trace_id.len() + 64)
+            .max(msg.payload.len() + DLQ_HEADER_BUDGET);
         if limit > 0 && size > limit {
             return Err(QueueError::TooLarge { size, limit });
         }
         Ok(())
+    }
+
+    /// The dead letter's idempotent message id: unique per stream incarnation and sequence.
+    fn dlq_msg_id(&self, seq: u64) -> String {
+        format!("dlq:{}:{}:{seq}", self.opts.stream, self.stream_created)
     }
 
     /// Sends one publish and waits for its ack, all bounded by the publish timeout.
@@ -214,9 +241,43 @@ fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
     h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
 }
 
-/// Header values cannot hold line breaks.
-fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+/// A header value: no control characters (CR and LF would break the protocol), bounded.
+fn header_value(s: &str, max_bytes: usize) -> String {
+    storable(s, max_bytes)
+}
+
+/// Headers of a dead letter, every value bounded (they fit [`DLQ_HEADER_BUDGET`] with the
+/// message id).
+fn dlq_headers(
+    delivery_seq: u64,
+    delivered: u64,
+    reason: &DeadLetterReason,
+    trace_id: Option<&str>,
+) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        REASON,
+        header_value(&reason.reason, MAX_REASON_BYTES).as_str(),
+    );
+    h.insert(ERROR_TYPE, reason.error_type.as_str());
+    h.insert(DELIVERED, delivered.to_string().as_str());
+    h.insert(ORIGINAL_SEQ, delivery_seq.to_string().as_str());
+    h.insert(DEAD_AT, Utc::now().to_rfc3339().as_str());
+    if let Some(t) = trace_id {
+        h.insert(TRACE_ID, header_value(t, MAX_FIELD_BYTES).as_str());
+    }
+    h
+}
+
+/// Bytes the headers take on the wire (`NATS/1.0\r\n`, `name: value\r\n` each, `\r\n`).
+fn headers_len(h: &HeaderMap) -> usize {
+    let mut n = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in h.iter() {
+        for v in values {
+            n += AsRef::<str>::as_ref(name).len() + 2 + v.as_str().len() + 2;
+        }
+    }
+    n
 }
 
 impl Queue for JetStreamQueue {
@@ -269,19 +330,25 @@ impl Queue for JetStreamQueue {
         .await
     }
 
-    async fn fetch(
+    async fn fetch_bounded(
         &self,
         max: usize,
+        max_bytes: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery<Self::Handle>>, QueueError> {
-        let mut batch = self
+        let mut request = self
             .consumer
             .batch()
             .max_messages(max)
-            .expires(wait.max(Duration::from_millis(10)))
-            .messages()
-            .await
-            .map_err(nats_err)?;
+            .expires(wait.max(Duration::from_millis(10)));
+        if max_bytes != usize::MAX {
+            // Never below one message of the largest size the server accepts: the server
+            // answers a pull whose byte budget cannot hold the next message with nothing,
+            // which would strand that message.
+            let floor = self.client.server_info().max_payload + PULL_OVERHEAD;
+            request = request.max_bytes(max_bytes.max(floor));
+        }
+        let mut batch = request.messages().await.map_err(nats_err)?;
         let mut out = Vec::with_capacity(max);
         // The request ends after `max` messages or when the server says it expired. nats-server
         // 2.9 sometimes sends that "408 Request Timeout" late when a pull got part of a batch,
@@ -363,21 +430,36 @@ impl Queue for JetStreamQueue {
 
     async fn dead_letter(
         &self,
-        delivery: Delivery<Self::Handle>,
+        delivery: &Delivery<Self::Handle>,
         reason: &DeadLetterReason,
     ) -> Result<(), QueueError> {
-        let mut publish = Publish::build()
-            .payload(delivery.payload.clone())
-            // Idempotent: a retry after a crash between publish and ack is stored once.
-            .message_id(format!("dlq:{}:{}", self.opts.stream, delivery.seq))
-            .header(REASON, one_line(&reason.reason).as_str())
-            .header(ERROR_TYPE, reason.error_type)
-            .header(DELIVERED, delivery.delivered.to_string().as_str())
-            .header(ORIGINAL_SEQ, delivery.seq.to_string().as_str())
-            .header(DEAD_AT, Utc::now().to_rfc3339().as_str());
-        if let Some(t) = &delivery.trace_id {
-            publish = publish.header(TRACE_ID, t.as_str());
+        let msg_id = self.dlq_msg_id(delivery.seq);
+        let mut headers = dlq_headers(
+            delivery.seq,
+            delivery.delivered,
+            reason,
+            delivery.trace_id.as_deref(),
+        );
+        // A message from another producer may already be near `max_payload`; with our
+        // headers it would be refused forever. Keep what fits and say so.
+        let limit = self.client.server_info().max_payload;
+        let mut payload = delivery.payload.clone();
+        let room =
+            limit.saturating_sub(headers_len(&headers) + msg_id.len() + 64 + TRUNCATED.len() + 24);
+        if limit > 0 && payload.len() + headers_len(&headers) + msg_id.len() + 64 > limit {
+            headers.insert(TRUNCATED, payload.len().to_string().as_str());
+            payload.truncate(room);
+            tracing::warn!(
+                seq = delivery.seq,
+                kept = room,
+                "dead letter payload truncated to fit max_payload"
+            );
         }
+        let publish = Publish::build()
+            .payload(payload)
+            .headers(headers)
+            // Idempotent: a retry after a crash between publish and ack is stored once.
+            .message_id(msg_id);
         let fut = async {
             let ack = self
                 .js
@@ -453,6 +535,63 @@ impl Queue for JetStreamQueue {
             seq += 1;
         }
         Ok(out)
+    }
+
+    async fn dlq_counts(&self, limit: usize) -> Result<DlqCounts, QueueError> {
+        let stream = self
+            .js
+            .get_stream(&self.opts.dlq_stream)
+            .await
+            .map_err(nats_err)?;
+        let depth = stream.cached_info().state.messages;
+        if depth == 0 {
+            return Ok(DlqCounts {
+                complete: true,
+                ..DlqCounts::default()
+            });
+        }
+        // An ephemeral consumer that delivers headers only: the error type is a header,
+        // and no payload crosses the wire. Unacknowledged (ack none), gone after use.
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                headers_only: true,
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err)?;
+        let want = usize::try_from(depth)
+            .unwrap_or(usize::MAX)
+            .min(limit)
+            .max(1);
+        let mut batch = consumer
+            .batch()
+            .max_messages(want)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(nats_err)?;
+        let mut counts = DlqCounts::default();
+        let mut read = 0usize;
+        while read < want {
+            match batch.next().await {
+                Some(Ok(m)) => {
+                    read += 1;
+                    let t = header(m.headers.as_ref(), ERROR_TYPE).unwrap_or_default();
+                    *counts.counts.entry(t).or_default() += 1;
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        drop(batch);
+        let name = consumer.cached_info().name.clone();
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "ephemeral DLQ consumer left to expire");
+        }
+        counts.complete = read as u64 >= depth;
+        Ok(counts)
     }
 
     async fn dlq_remove(&self, seq: u64) -> Result<(), QueueError> {
