@@ -224,4 +224,33 @@ mod tests {
                 .starts_with("bc2c5e47-f17e-46f0-b5e7-76b214f4f6ad:2025-11-14T12:00:01+00:00:a")
         );
     }
+
+    #[test]
+    fn rows_of_one_event_share_its_protocol() {
+        let body = r#"{"project_id":"8212caa2-b928-4213-b64e-9f5b86f4cad1","site_id":"89a66770-bdcc-4c95-ac97-e1829cb7a960","device_id":"bc2c5e47-f17e-46f0-b5e7-76b214f4f6ad","protocol":"GPRS","source_timestamp":"2025-11-14T12:00:00Z","metrics":[{"parameter_key":"a","value":1},{"parameter_key":"b","value":2},{"parameter_key":"c","value":3}]}"#;
+        let d = envelope::decode(body.as_bytes()).expect("valid test event");
+        let rows = build_rows(std::iter::once(&d));
+        assert_eq!(rows.len(), 3);
+        assert!(
+            rows.windows(2)
+                .all(|w| Arc::ptr_eq(&w[0].source, &w[1].source))
+        );
+        assert_eq!(&*rows[0].source, "GPRS");
+    }
+
+    #[test]
+    fn the_dedupe_key_is_the_stored_time() {
+        let base = DateTime::parse_from_rfc3339("2016-12-31T23:59:59.5Z")
+            .expect("time")
+            .to_utc();
+        let leap = base.with_nanosecond(1_500_000_000).expect("leap second");
+        assert_ne!(base, leap, "chrono keeps them apart");
+        assert_eq!(stored_time(leap), base, "the database does not");
+        assert_eq!(stored_time(base), base);
+        let sub_micro = base.with_nanosecond(500_000_789).expect("ns");
+        assert_eq!(
+            stored_time(sub_micro),
+            base.with_nanosecond(500_000_000).expect("us")
+        );
+    }
 }

@@ -498,3 +498,62 @@ async fn a_full_disk_makes_publish_unavailable() -> TestResult {
     assert_eq!(depth(&q).await?, 2);
     Ok(())
 }
+
+/// A byte-capped fetch stops adding messages at the cap but always takes one; the DLQ is
+/// counted by error type without reading payloads.
+#[tokio::test]
+async fn fetch_is_bounded_by_bytes_and_the_dlq_is_counted_by_type() -> TestResult {
+    let dir = TempDir::new()?;
+    let q = open(&dir, opts())?;
+    for i in 0..6 {
+        let mut m = msg(&format!("m{i}"));
+        m.payload = Bytes::from(vec![b'x'; 1000]);
+        q.publish(m).await?;
+    }
+    let two = q.fetch_bounded(10, 2500, WAIT).await?;
+    assert_eq!(two.len(), 2, "1000 + 1000 fit 2500, a third does not");
+    let one = q.fetch_bounded(10, 10, WAIT).await?;
+    assert_eq!(
+        one.len(),
+        1,
+        "a message larger than the cap still comes alone"
+    );
+    let rest = q.fetch_bounded(10, usize::MAX, WAIT).await?;
+    assert_eq!(rest.len(), 3);
+    let reason = |t| DeadLetterReason {
+        error_type: t,
+        reason: "r".into(),
+    };
+    use crate::metrics::ErrorType;
+    q.dead_letter(&two[0], &reason(ErrorType::JsonDecode))
+        .await?;
+    q.dead_letter(&two[1], &reason(ErrorType::JsonDecode))
+        .await?;
+    q.dead_letter(&one[0], &reason(ErrorType::StoreRejected))
+        .await?;
+    let counts = q.dlq_counts(10).await?;
+    assert!(counts.complete);
+    assert_eq!(counts.counts.get("json_decode"), Some(&2));
+    assert_eq!(counts.counts.get("store_rejected"), Some(&1));
+    Ok(())
+}
+
+/// A publish whose commit does not come within the publish timeout answers Unavailable.
+#[tokio::test]
+async fn a_publish_is_bounded_by_the_publish_timeout() -> TestResult {
+    let dir = TempDir::new()?;
+    let q = open(
+        &dir,
+        EmbeddedQueueOptions {
+            publish_timeout: Duration::ZERO,
+            ..opts()
+        },
+    )?;
+    match q.publish(msg("late")).await {
+        Err(QueueError::Unavailable(m)) => assert!(m.contains("PUBLISH_TIMEOUT"), "{m}"),
+        // The thread may be fast enough to answer within a zero timeout's first poll.
+        Ok(_) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer, context::Publish, stream};
+use async_nats::jetstream::{self, AckKind, consumer, context::Publish};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::join_all;
@@ -21,8 +21,8 @@ use super::{
     QueueStats,
 };
 use crate::config::NatsArgs;
-use crate::store::text::{MAX_FIELD_BYTES, MAX_REASON_BYTES, storable};
 
+mod dlq;
 mod setup;
 
 pub use setup::{connect, server_addrs};
@@ -41,7 +41,8 @@ pub const TRUNCATED: &str = "Nsready-Truncated-From";
 /// message whose payload would not leave this much room under the server's `max_payload`
 /// ([`JetStreamQueue::check_size`]), so every message from the collector can be
 /// dead-lettered whole. Header values are bounded to fit: the reason at
-/// [`MAX_REASON_BYTES`], the trace id at [`MAX_FIELD_BYTES`].
+/// [`crate::store::text::MAX_REASON_BYTES`], the trace id at
+/// [`crate::store::text::MAX_FIELD_BYTES`].
 pub const DLQ_HEADER_BUDGET: usize = 2048;
 
 /// Room a pull's `max_bytes` needs beyond `max_payload` for one message (subject, reply
@@ -241,45 +242,6 @@ fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
     h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
 }
 
-/// A header value: no control characters (CR and LF would break the protocol), bounded.
-fn header_value(s: &str, max_bytes: usize) -> String {
-    storable(s, max_bytes)
-}
-
-/// Headers of a dead letter, every value bounded (they fit [`DLQ_HEADER_BUDGET`] with the
-/// message id).
-fn dlq_headers(
-    delivery_seq: u64,
-    delivered: u64,
-    reason: &DeadLetterReason,
-    trace_id: Option<&str>,
-) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        REASON,
-        header_value(&reason.reason, MAX_REASON_BYTES).as_str(),
-    );
-    h.insert(ERROR_TYPE, reason.error_type.as_str());
-    h.insert(DELIVERED, delivered.to_string().as_str());
-    h.insert(ORIGINAL_SEQ, delivery_seq.to_string().as_str());
-    h.insert(DEAD_AT, Utc::now().to_rfc3339().as_str());
-    if let Some(t) = trace_id {
-        h.insert(TRACE_ID, header_value(t, MAX_FIELD_BYTES).as_str());
-    }
-    h
-}
-
-/// Bytes the headers take on the wire (`NATS/1.0\r\n`, `name: value\r\n` each, `\r\n`).
-fn headers_len(h: &HeaderMap) -> usize {
-    let mut n = "NATS/1.0\r\n\r\n".len();
-    for (name, values) in h.iter() {
-        for v in values {
-            n += AsRef::<str>::as_ref(name).len() + 2 + v.as_str().len() + 2;
-        }
-    }
-    n
-}
-
 impl Queue for JetStreamQueue {
     type Handle = jetstream::Message;
 
@@ -428,54 +390,6 @@ impl Queue for JetStreamQueue {
         self.client.flush().await.map_err(nats_err)
     }
 
-    async fn dead_letter(
-        &self,
-        delivery: &Delivery<Self::Handle>,
-        reason: &DeadLetterReason,
-    ) -> Result<(), QueueError> {
-        let msg_id = self.dlq_msg_id(delivery.seq);
-        let mut headers = dlq_headers(
-            delivery.seq,
-            delivery.delivered,
-            reason,
-            delivery.trace_id.as_deref(),
-        );
-        // A message from another producer may already be near `max_payload`; with our
-        // headers it would be refused forever. Keep what fits and say so.
-        let limit = self.client.server_info().max_payload;
-        let mut payload = delivery.payload.clone();
-        let room =
-            limit.saturating_sub(headers_len(&headers) + msg_id.len() + 64 + TRUNCATED.len() + 24);
-        if limit > 0 && payload.len() + headers_len(&headers) + msg_id.len() + 64 > limit {
-            headers.insert(TRUNCATED, payload.len().to_string().as_str());
-            payload.truncate(room);
-            tracing::warn!(
-                seq = delivery.seq,
-                kept = room,
-                "dead letter payload truncated to fit max_payload"
-            );
-        }
-        let publish = Publish::build()
-            .payload(payload)
-            .headers(headers)
-            // Idempotent: a retry after a crash between publish and ack is stored once.
-            .message_id(msg_id);
-        let fut = async {
-            let ack = self
-                .js
-                .send_publish(self.opts.dlq_subject.clone(), publish)
-                .await
-                .map_err(publish_error)?;
-            ack.await.map_err(publish_error)
-        };
-        tokio::time::timeout(self.opts.publish_timeout, fut)
-            .await
-            .map_err(|_| QueueError::Unavailable("DLQ publish timed out".into()))??;
-        // Only now remove the original: the dead letter is durable.
-        delivery.handle.ack().await.map_err(nats_err)?;
-        self.client.flush().await.map_err(nats_err)
-    }
-
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let stream = self
             .js
@@ -500,111 +414,24 @@ impl Queue for JetStreamQueue {
         })
     }
 
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery<Self::Handle>,
+        reason: &DeadLetterReason,
+    ) -> Result<(), QueueError> {
+        self.publish_dead_letter(delivery, reason).await
+    }
+
     async fn dlq_list(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let stream = self
-            .js
-            .get_stream(&self.opts.dlq_stream)
-            .await
-            .map_err(nats_err)?;
-        let state = stream.cached_info().state.clone();
-        let mut out = Vec::new();
-        if state.messages == 0 {
-            return Ok(out);
-        }
-        let mut seq = from.max(state.first_sequence).max(1);
-        while seq <= state.last_sequence && out.len() < limit {
-            match stream.get_raw_message(seq).await {
-                Ok(m) => out.push(DeadLetter {
-                    seq: m.sequence,
-                    original_seq: header(Some(&m.headers), ORIGINAL_SEQ)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                    error_type: header(Some(&m.headers), ERROR_TYPE).unwrap_or_default(),
-                    reason: header(Some(&m.headers), REASON).unwrap_or_default(),
-                    delivered: header(Some(&m.headers), DELIVERED)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                    trace_id: header(Some(&m.headers), TRACE_ID),
-                    time: to_chrono(m.time),
-                    payload: m.payload,
-                }),
-                // Deleted (replayed or purged) sequences leave gaps.
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {}
-                Err(e) => return Err(nats_err(e)),
-            }
-            seq += 1;
-        }
-        Ok(out)
+        self.list_dead_letters(from, limit).await
     }
 
     async fn dlq_counts(&self, limit: usize) -> Result<DlqCounts, QueueError> {
-        let stream = self
-            .js
-            .get_stream(&self.opts.dlq_stream)
-            .await
-            .map_err(nats_err)?;
-        let depth = stream.cached_info().state.messages;
-        if depth == 0 {
-            return Ok(DlqCounts {
-                complete: true,
-                ..DlqCounts::default()
-            });
-        }
-        // An ephemeral consumer that delivers headers only: the error type is a header,
-        // and no payload crosses the wire. Unacknowledged (ack none), gone after use.
-        let consumer = stream
-            .create_consumer(consumer::pull::Config {
-                headers_only: true,
-                ack_policy: consumer::AckPolicy::None,
-                deliver_policy: consumer::DeliverPolicy::All,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err)?;
-        let want = usize::try_from(depth)
-            .unwrap_or(usize::MAX)
-            .min(limit)
-            .max(1);
-        let mut batch = consumer
-            .batch()
-            .max_messages(want)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .map_err(nats_err)?;
-        let mut counts = DlqCounts::default();
-        let mut read = 0usize;
-        while read < want {
-            match batch.next().await {
-                Some(Ok(m)) => {
-                    read += 1;
-                    let t = header(m.headers.as_ref(), ERROR_TYPE).unwrap_or_default();
-                    *counts.counts.entry(t).or_default() += 1;
-                }
-                Some(Err(_)) | None => break,
-            }
-        }
-        drop(batch);
-        let name = consumer.cached_info().name.clone();
-        if let Err(e) = stream.delete_consumer(&name).await {
-            tracing::debug!(error = %e, "ephemeral DLQ consumer left to expire");
-        }
-        counts.complete = read as u64 >= depth;
-        Ok(counts)
+        self.count_dead_letters(limit).await
     }
 
     async fn dlq_remove(&self, seq: u64) -> Result<(), QueueError> {
-        let stream = self
-            .js
-            .get_stream(&self.opts.dlq_stream)
-            .await
-            .map_err(nats_err)?;
-        match stream.delete_message(seq).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_no_message(&e.to_string()) => Err(QueueError::NotFound(seq)),
-            Err(e) => Err(nats_err(e)),
-        }
+        self.remove_dead_letter(seq).await
     }
 }
 
