@@ -6,6 +6,7 @@ mod drills;
 mod embedded;
 mod faults;
 mod harness;
+mod hostile_worker;
 mod loadgen;
 mod operator;
 mod pipeline;
