@@ -4,7 +4,8 @@
 //! delivered and the retry settings to a [`Disposition`]. [`after_write_failure`] decides
 //! what a failed batch write means (pause, bisect, or the single message's outcome),
 //! [`after_error_log_failure`] what to do when the `error_logs` rows of dead letters cannot
-//! be written, and [`after_dead_letter_failure`] when the DLQ refuses. `process.rs` and
+//! be written, [`after_dead_letter_failure`] when the DLQ refuses, and
+//! [`after_registry_failure`] when the registry cannot be loaded. `process.rs` and
 //! `settle.rs` carry the answers out. Keeping them pure means the whole policy is
 //! unit-tested without a server.
 
@@ -183,6 +184,14 @@ pub fn after_error_log_failure(
     }
 }
 
+/// The outcome of every undecided message when the registry cannot be loaded at all
+/// (unreadable rows are skipped by the loaders, so this is the tables or the database):
+/// nothing about one message can be concluded, so none of them is counted; the pool pauses
+/// until the store's ping answers.
+pub fn after_registry_failure(_e: &StoreError) -> Outcome {
+    Outcome::Infrastructure
+}
+
 /// What to do when the DLQ refused a dead letter: the DLQ is infrastructure (full, down,
 /// slow), so the message goes back without counting and is dead-lettered on a later
 /// delivery.
@@ -356,6 +365,16 @@ mod tests {
             after_error_log_failure(&bad, true, 1, true),
             LogStep::NakWithoutCounting
         );
+    }
+
+    #[test]
+    fn an_unloadable_registry_counts_against_no_message() {
+        for e in [
+            StoreError::Unavailable("gone".into()),
+            StoreError::Rejected(refusal("42P01", false)),
+        ] {
+            assert_eq!(after_registry_failure(&e), Outcome::Infrastructure);
+        }
     }
 
     #[test]

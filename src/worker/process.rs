@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 
 use super::Ctx;
-use super::disposition::Outcome;
+use super::disposition::{Outcome, after_registry_failure};
 use super::settle::settle;
 use super::write::write_rows;
 use crate::event::NormalizedEvent;
@@ -109,7 +109,10 @@ async fn check_registry<Q: Queue, S: Store>(
         }
         Err(e) => {
             tracing::warn!(error = %e, "registry could not be loaded; pausing");
-            mark_infrastructure(items);
+            let outcome = after_registry_failure(&e);
+            for item in items.iter_mut().filter(|i| i.outcome.is_none()) {
+                item.outcome = Some(outcome.clone());
+            }
             true
         }
     }

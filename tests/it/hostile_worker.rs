@@ -456,3 +456,29 @@ async fn a_refused_error_log_row_does_not_block_the_dead_letters(kind: Kind) {
     app.stop().await;
 }
 both_deployments!(a_refused_error_log_row_does_not_block_the_dead_letters);
+
+/// WORKER_BATCH_MAX_BYTES below one message's size: every batch still holds one message
+/// (JetStream's pull budget never drops below max_payload), so nothing is stranded.
+async fn a_batch_byte_cap_below_one_message_strands_nothing(kind: Kind) {
+    let env = TestEnv::new(kind);
+    env.import_demo().await;
+    let app = env
+        .start(Role::Serve, &["--worker-batch-max-bytes", "1"])
+        .await;
+    post_good(&app, 20).await;
+    assert_settled(&env, &app, 20, 20).await;
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, "ingest_events_total{status=\"success\"}"),
+        Some(20.0)
+    );
+    if kind == Kind::Embedded {
+        assert_eq!(
+            metric(&m, "ingest_batch_size_count"),
+            Some(20.0),
+            "one message per batch: {m}"
+        );
+    }
+    app.stop().await;
+}
+both_deployments!(a_batch_byte_cap_below_one_message_strands_nothing);

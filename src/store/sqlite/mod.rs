@@ -249,17 +249,17 @@ struct RowParams {
 }
 
 impl RowParams {
-    fn new(row: Row) -> Result<Self, StoreError> {
+    fn new(row: &Row) -> Result<Self, StoreError> {
         Ok(RowParams {
             time: format_time(&row.time),
             device_id: row.device_id.to_string(),
             attributes: serde_json::to_string(&row.attributes)
                 .map_err(|e| StoreError::data(format!("attributes: {e}"), true))?,
-            parameter_key: row.parameter_key,
+            parameter_key: row.parameter_key.clone(),
             value: row.value,
             quality: row.quality,
-            source: row.source,
-            event_id: row.event_id,
+            source: Arc::clone(&row.source),
+            event_id: row.event_id.clone(),
         })
     }
 }
@@ -319,13 +319,14 @@ impl Store for SqliteStore {
         if rows.is_empty() {
             return Ok(0);
         }
-        let rows = rows.to_vec();
+        // Formatted here, straight from the borrowed rows: the one copy the blocking task
+        // needs (no clone of the rows first), made before the lock so other workers'
+        // batches write meanwhile.
+        let rows = rows
+            .iter()
+            .map(RowParams::new)
+            .collect::<Result<Vec<_>, _>>()?;
         self.blocking(move |inner| {
-            // Formatting happens before the lock: other workers' batches write meanwhile.
-            let rows = rows
-                .into_iter()
-                .map(RowParams::new)
-                .collect::<Result<Vec<_>, _>>()?;
             let mut conn = lock(&inner.writer);
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
