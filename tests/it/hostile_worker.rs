@@ -482,3 +482,56 @@ async fn a_batch_byte_cap_below_one_message_strands_nothing(kind: Kind) {
     app.stop().await;
 }
 both_deployments!(a_batch_byte_cap_below_one_message_strands_nothing);
+
+/// The DLQ itself unreachable (its stream deleted): infrastructure, so the message goes
+/// back without using its retries, however often; once the DLQ exists again the dead
+/// letter is written and the original removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_dlq_is_infrastructure_and_the_letter_lands_later() {
+    let env = TestEnv::new(Kind::ScaleOut);
+    env.import_demo().await;
+    let app = env.start(Role::Serve, &[]).await;
+    let ctx = js(&env).await;
+    ctx.delete_stream("INGRESS_DLQ").await.expect("delete DLQ");
+    publish_as_other_producer(&env, b"garbage while the DLQ is away".to_vec(), "t").await;
+    wait_until("redelivered past the retry budget", SETTLE, || async {
+        metric(&app.metrics().await, "ingest_redeliveries_total").unwrap_or(0.0)
+            > MAX_RETRIES as f64
+    })
+    .await;
+    // Health's queue stats need the DLQ stream; read the consumer directly.
+    let consumer = ctx
+        .get_stream("INGRESS")
+        .await
+        .expect("stream")
+        .consumer_info("ingest_workers")
+        .await
+        .expect("consumer")
+        .clone();
+    assert_eq!(
+        consumer.num_pending + consumer.num_ack_pending as u64,
+        1,
+        "kept, not lost"
+    );
+    ctx.create_stream(jetstream::stream::Config {
+        name: "INGRESS_DLQ".into(),
+        subjects: vec!["ingress.events.dlq".into()],
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .expect("DLQ back");
+    wait_until("the queue drains", SETTLE, || async {
+        env.queue_stats().await.depth() == 0
+    })
+    .await;
+    let dl = env.dead_letters().await;
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0].error_type, "json_decode");
+    assert!(dl[0].delivered > MAX_RETRIES, "{:?}", dl[0]);
+    // One error_logs row per attempt that reached the DLQ step (written before it).
+    assert!(env.count("SELECT count(*) FROM error_logs") >= 1);
+    app.stop().await;
+}
