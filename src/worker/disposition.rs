@@ -193,10 +193,13 @@ pub fn after_registry_failure(_e: &StoreError) -> Outcome {
 }
 
 /// What to do when the DLQ refused a dead letter: the DLQ is infrastructure (full, down,
-/// slow), so the message goes back without counting and is dead-lettered on a later
-/// delivery.
-pub fn after_dead_letter_failure(policy: &RetryPolicy) -> Disposition {
-    policy.infrastructure_nak()
+/// slow), so the message goes back and is dead-lettered on a later delivery, however many
+/// deliveries that takes. The delay grows with the deliveries (capped), so a DLQ that stays
+/// full does not make each waiting letter write an `error_logs` row every second.
+pub fn after_dead_letter_failure(policy: &RetryPolicy, delivered: u64) -> Disposition {
+    Disposition::Nak {
+        delay: policy.backoff(delivered),
+    }
 }
 
 #[cfg(test)]
@@ -380,9 +383,16 @@ mod tests {
     #[test]
     fn a_refused_dead_letter_goes_back_without_counting() {
         assert_eq!(
-            after_dead_letter_failure(&policy()),
+            after_dead_letter_failure(&policy(), 1),
             Disposition::Nak {
                 delay: Duration::from_secs(1)
+            }
+        );
+        // Never a dead letter for it, whatever the count; the delay is capped.
+        assert_eq!(
+            after_dead_letter_failure(&policy(), 10_000),
+            Disposition::Nak {
+                delay: Duration::from_secs(30)
             }
         );
     }

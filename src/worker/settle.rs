@@ -114,7 +114,7 @@ pub(super) async fn settle<Q: Queue, S: Store>(
                 continue;
             }
             if let Some(d) = dead_letter(ctx, letter).await {
-                match after_dead_letter_failure(&ctx.policy) {
+                match after_dead_letter_failure(&ctx.policy, d.delivered) {
                     Disposition::Nak { delay } => naks.entry(delay).or_default().push(d),
                     other => tracing::error!(?other, "unexpected rule for a refused dead letter"),
                 }
