@@ -215,3 +215,28 @@ impl JetStreamQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ErrorType;
+    use crate::queue::jetstream::DLQ_HEADER_BUDGET;
+
+    #[test]
+    fn worst_case_dead_letter_headers_fit_the_budget() {
+        let reason = DeadLetterReason {
+            error_type: ErrorType::ParameterNotFound,
+            reason: format!("{}\r\n\0", "é".repeat(5000)),
+        };
+        let trace = format!("{}\r\n", "t".repeat(10_000));
+        let h = dlq_headers(u64::MAX, u64::MAX, &reason, Some(&trace));
+        let msg_id = format!("dlq:{}:{}:{}", "S".repeat(64), i128::MAX, u64::MAX);
+        let total = headers_len(&h) + msg_id.len() + "Nats-Msg-Id: \r\n".len();
+        assert!(total <= DLQ_HEADER_BUDGET, "{total}");
+        for (_, values) in h.iter() {
+            for v in values {
+                assert!(!v.as_str().contains(['\r', '\n', '\0']), "{v:?}");
+            }
+        }
+    }
+}
