@@ -39,7 +39,7 @@ pub const TRUNCATED: &str = "Nsready-Truncated-From";
 
 /// Bytes reserved for a dead letter's headers on top of its payload. Ingest refuses a
 /// message whose payload would not leave this much room under the server's `max_payload`
-/// ([`JetStreamQueue::check_size`]), so every message from the collector can be
+/// (`JetStreamQueue::check_size`), so every message from the collector can be
 /// dead-lettered whole. Header values are bounded to fit: the reason at
 /// [`crate::store::text::MAX_REASON_BYTES`], the trace id at
 /// [`crate::store::text::MAX_FIELD_BYTES`].
