@@ -37,6 +37,7 @@ pub fn embedded_queue_options(settings: &Settings) -> EmbeddedQueueOptions {
         max_bytes: settings.embedded.embedded_queue_max_bytes,
         ack_wait: settings.worker.worker_ack_wait,
         duplicate_window: settings.nats.duplicate_window,
+        publish_timeout: settings.nats.publish_timeout,
     }
 }
 
@@ -246,6 +247,7 @@ async fn assemble<Q: Queue, S: Store>(
             store.clone(),
             metrics.clone(),
             &settings.worker,
+            settings.http.time_window(),
         );
         let state = pool.state();
         pool.spawn(&shutdown);

@@ -201,8 +201,13 @@ pub struct NatsArgs {
     /// Most bytes the stream holds; beyond it ingest answers 503.
     #[arg(long, env = "STREAM_MAX_BYTES", default_value_t = 1 << 30, global = true)]
     pub stream_max_bytes: i64,
-    /// Oldest message the stream keeps.
-    #[arg(long, env = "STREAM_MAX_AGE", default_value = "24h", value_parser = parse_duration, global = true)]
+    /// Oldest message the stream keeps; 0 (the default) = no age limit: an accepted event
+    /// stays until a worker has committed or dead-lettered it, however long an outage
+    /// lasts (the stream is bounded by STREAM_MAX_MSGS and STREAM_MAX_BYTES instead, and
+    /// ingest answers 503 when they are reached). A non-zero value lets JetStream delete
+    /// unprocessed messages older than it WITHOUT a dead letter: set one only if losing
+    /// them is acceptable. Workers repair an existing stream's age limit to this value.
+    #[arg(long, env = "STREAM_MAX_AGE", default_value = "0", value_parser = parse_duration, global = true)]
     pub stream_max_age: Duration,
     /// Window in which a repeated Nats-Msg-Id (a client retry) is stored once.
     #[arg(long, env = "DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration, global = true)]
@@ -283,6 +288,14 @@ pub struct WorkerArgs {
     /// Most messages a worker pulls and commits as one batch.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 500, global = true)]
     pub worker_batch_size: usize,
+    /// Most payload bytes a worker pulls as one batch (besides WORKER_BATCH_SIZE); bounds a
+    /// worker's memory by the limits, not by the content. 4 MiB: a full batch of typical
+    /// events (500 × ~600 bytes) is far below it; a batch of the largest events decodes to
+    /// about 5 × its bytes, times WORKER_POOL_SIZE workers. A batch always holds at least one
+    /// message, however large (on JetStream the pull's byte budget is never below the
+    /// server's max_payload).
+    #[arg(long, env = "WORKER_BATCH_MAX_BYTES", default_value_t = 4 << 20, global = true)]
+    pub worker_batch_max_bytes: usize,
     /// Longest a worker waits to fill a batch before committing what it has.
     #[arg(long, env = "WORKER_BATCH_TIMEOUT", default_value = "0.1", value_parser = parse_duration, global = true)]
     pub worker_batch_timeout: Duration,

@@ -2,8 +2,9 @@
 //!
 //! [`Metrics`] holds typed handles registered in one `prometheus_client` registry; the
 //! collector and the worker update them per request and per batch (never per metric), and
-//! `GET /metrics` renders them. Label values come from fixed sets (status, error type),
-//! never from device ids or error text.
+//! `GET /metrics` renders them. Label values come from fixed sets, the enums
+//! [`EventStatus`] and [`ErrorType`] whose label strings are spelled here and nowhere
+//! else, never from device ids or error text.
 
 use std::sync::Arc;
 
@@ -15,6 +16,81 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::queue::QueueStats;
+
+/// What became of events (`ingest_events_total{status}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventStatus {
+    /// Accepted by the collector (the queue stored it).
+    Queued,
+    /// Committed to `ingest_events`.
+    Success,
+    /// Dead-lettered.
+    Dlq,
+}
+
+impl EventStatus {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Queued => "queued",
+            EventStatus::Success => "success",
+            EventStatus::Dlq => "dlq",
+        }
+    }
+}
+
+/// Why an event was refused or dead-lettered: the platform's error types
+/// (`ingest_errors_total{error_type}`, the DLQ's error type header, `error_logs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// Not JSON, or not UTF-8.
+    JsonDecode,
+    /// JSON that is neither an envelope nor a bare event.
+    InvalidFormat,
+    /// Breaks a rule of the event model or a business check (inactive device, ownership).
+    ValidationError,
+    /// The device is not in the registry.
+    DeviceNotFound,
+    /// A parameter key is not a template.
+    ParameterNotFound,
+    /// The database refuses the rows' data (a value it can never store, a constraint).
+    Integrity,
+    /// The database refused the rows for another reason that bisecting pinned on this
+    /// message (any other SQLSTATE, a statement timeout), after its retries.
+    StoreRejected,
+}
+
+impl ErrorType {
+    /// Every error type.
+    pub const ALL: [ErrorType; 7] = [
+        ErrorType::JsonDecode,
+        ErrorType::InvalidFormat,
+        ErrorType::ValidationError,
+        ErrorType::DeviceNotFound,
+        ErrorType::ParameterNotFound,
+        ErrorType::Integrity,
+        ErrorType::StoreRejected,
+    ];
+
+    /// The label value (also the DLQ header and the `error_logs` context value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::JsonDecode => "json_decode",
+            ErrorType::InvalidFormat => "invalid_format",
+            ErrorType::ValidationError => "validation_error",
+            ErrorType::DeviceNotFound => "device_not_found",
+            ErrorType::ParameterNotFound => "parameter_not_found",
+            ErrorType::Integrity => "integrity",
+            ErrorType::StoreRejected => "store_rejected",
+        }
+    }
+
+    /// The error type of a label, for modules that still speak strings (the event
+    /// decoder, the registry checks); None for an unknown label.
+    pub fn from_label(label: &str) -> Option<ErrorType> {
+        ErrorType::ALL.into_iter().find(|t| t.as_str() == label)
+    }
+}
 
 /// Label of `ingest_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,18 +246,22 @@ impl Metrics {
     }
 
     /// Counts events by outcome.
-    pub fn events(&self, status: &'static str, n: u64) {
+    pub fn events(&self, status: EventStatus, n: u64) {
         self.inner
             .events
-            .get_or_create(&StatusLabel { status })
+            .get_or_create(&StatusLabel {
+                status: status.as_str(),
+            })
             .inc_by(n);
     }
 
     /// Counts errors by type.
-    pub fn error(&self, error_type: &'static str, n: u64) {
+    pub fn error(&self, error_type: ErrorType, n: u64) {
         self.inner
             .errors
-            .get_or_create(&ErrorLabel { error_type })
+            .get_or_create(&ErrorLabel {
+                error_type: error_type.as_str(),
+            })
             .inc_by(n);
     }
 
@@ -231,5 +311,34 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_keep_the_platform_strings_and_round_trip() {
+        let labels: Vec<&str> = ErrorType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "json_decode",
+                "invalid_format",
+                "validation_error",
+                "device_not_found",
+                "parameter_not_found",
+                "integrity",
+                "store_rejected"
+            ]
+        );
+        for t in ErrorType::ALL {
+            assert_eq!(ErrorType::from_label(t.as_str()), Some(t));
+        }
+        assert_eq!(ErrorType::from_label("nope"), None);
+        assert_eq!(EventStatus::Queued.as_str(), "queued");
+        assert_eq!(EventStatus::Success.as_str(), "success");
+        assert_eq!(EventStatus::Dlq.as_str(), "dlq");
     }
 }

@@ -30,8 +30,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DLQ_BY_REASON_MAX_AGE: Duration = Duration::from_secs(5);
 /// Oldest DLQ-by-reason count served while the DLQ depth has not changed.
 const DLQ_BY_REASON_UNCHANGED_MAX_AGE: Duration = Duration::from_secs(60);
-/// Most dead letters read to count them by reason; beyond it the counts cover the oldest
-/// ones only and health says `dlq_by_reason_complete: false`.
+/// Most dead letters whose headers are read to count them by reason (JetStream; the
+/// embedded queue counts with one GROUP BY); beyond it the counts cover the oldest ones
+/// only and health says `dlq_by_reason_complete: false`. No payload is ever read.
 const DLQ_BY_REASON_SCAN: usize = 10_000;
 
 /// Dead letters counted by error type.
@@ -99,14 +100,15 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
     ///
     /// Why here and not in `status`: `status` must work on both deployments while the
     /// service runs, and in embedded mode only the running process may open the queue file
-    /// (the DATA_DIR lock), so the count has to come from the service. It costs a scan of
-    /// the DLQ (one read per dead letter on JetStream, which has no cheap group-by), so it is
-    /// bounded: nothing is read while the DLQ is empty; a count is recomputed at most every
+    /// (the DATA_DIR lock), so the count has to come from the service. On JetStream, which
+    /// has no cheap group-by, it costs reading every letter's headers, so it is bounded: nothing is read while the DLQ is empty; a count is recomputed at most every
     /// [`DLQ_BY_REASON_MAX_AGE`], and only once a minute while the DLQ depth is unchanged
     /// (a DLQ that waits for an operator costs almost nothing); a scan reads at most
     /// [`DLQ_BY_REASON_SCAN`] letters within [`PROBE_TIMEOUT`]. Only `/v1/health` asks;
     /// readiness and metrics never wait for it. (Counting in `status` instead would need
     /// the queue's own connection settings there, and would not work in embedded mode.)
+    /// The count never reads a payload ([`Queue::dlq_counts`]): embedded, a GROUP BY on the
+    /// error type column; JetStream, an ephemeral headers-only consumer.
     pub async fn dlq_by_reason(&self, depth: u64) -> DlqByReason {
         let mut cache = self.dlq_cache.lock().await;
         if depth == 0 {
@@ -123,16 +125,11 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
         if fresh {
             return cache.clone();
         }
-        match tokio::time::timeout(PROBE_TIMEOUT, self.queue.dlq_list(0, DLQ_BY_REASON_SCAN)).await
-        {
-            Ok(Ok(letters)) => {
-                let mut counts = BTreeMap::new();
-                for d in &letters {
-                    *counts.entry(d.error_type.clone()).or_default() += 1;
-                }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.queue.dlq_counts(DLQ_BY_REASON_SCAN)).await {
+            Ok(Ok(counted)) => {
                 *cache = DlqByReason {
-                    complete: letters.len() as u64 >= depth,
-                    counts,
+                    complete: counted.complete,
+                    counts: counted.counts,
                     depth,
                     at: Some(Instant::now()),
                 };

@@ -21,6 +21,7 @@ use super::body::{media_type, read_body};
 use super::error::{ApiError, RETRY_AFTER_SECS};
 use crate::event::envelope;
 use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
+use crate::metrics::{ErrorType, EventStatus};
 use crate::queue::{Outgoing, Queue, QueueError};
 use crate::store::Store;
 
@@ -40,14 +41,14 @@ pub async fn ingest<Q: Queue, S: Store>(
     let mut held = app.body_budget.reservation();
     let bytes = read_body(&headers, body, app.max_body, app.body_timeout, &mut held).await?;
     let event = NormalizedEvent::parse_with(&bytes, app.window).map_err(|r| {
-        app.metrics.error("validation_error", 1);
+        app.metrics.error(ErrorType::ValidationError, 1);
         ApiError::Invalid(r)
     })?;
     let (trace_id, msg) = outgoing(&event);
     let started = Instant::now();
     app.queue.publish(msg).await?;
     app.metrics.publish_seconds(started.elapsed().as_secs_f64());
-    app.metrics.events("queued", 1);
+    app.metrics.events(EventStatus::Queued, 1);
     // `status` first, compact, one line (DESIGN.md §4).
     let body = format!(r#"{{"status":"queued","trace_id":"{trace_id}"}}"#);
     Ok((
@@ -114,7 +115,8 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
     .map_err(ApiError::Invalid)?;
     drop(bytes);
     if rejected > 0 {
-        app.metrics.error("validation_error", rejected as u64);
+        app.metrics
+            .error(ErrorType::ValidationError, rejected as u64);
     }
     let started = Instant::now();
     let published = app.queue.publish_many(to_publish).await;
@@ -144,7 +146,7 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
             }
         };
     }
-    app.metrics.events("queued", accepted as u64);
+    app.metrics.events(EventStatus::Queued, accepted as u64);
     let not_queued = results.len() - accepted;
     let body = json!({
         "status": if unavailable.is_some() { "partial" } else { "queued" },

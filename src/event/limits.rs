@@ -29,6 +29,9 @@ pub const MAX_NESTING: usize = 16;
 pub const MIN_YEAR: i32 = 0;
 pub const MAX_YEAR: i32 = 9999;
 
+/// Seconds the worker adds to `INGEST_MAX_FUTURE` for clocks that differ between hosts.
+pub const WORKER_CLOCK_SLACK_SECS: i64 = 300;
+
 pub(super) const MSG_NUL: &str = "must not contain the NUL character (\\u0000)";
 
 /// How far from the server's clock a reading's `source_timestamp` may be.
@@ -51,12 +54,16 @@ impl TimeWindow {
         max_past: None,
     };
 
-    /// Widens the upper bound by `slack` (the worker's allowance for clocks that differ
-    /// between the collector's host and its own).
-    pub fn with_future_slack(self, slack: Duration) -> TimeWindow {
+    /// The window the worker applies to queued messages: the upper bound widened by
+    /// [`WORKER_CLOCK_SLACK`] (the collector's host and the worker's may disagree on the
+    /// time), and no lower bound (a message accepted before a long outage must not be
+    /// refused for the age it reached while queued).
+    pub fn for_worker(self) -> TimeWindow {
         TimeWindow {
-            max_future: self.max_future.map(|d| d + slack),
-            max_past: self.max_past,
+            max_future: self
+                .max_future
+                .map(|d| d + Duration::seconds(WORKER_CLOCK_SLACK_SECS)),
+            max_past: None,
         }
     }
 
@@ -299,6 +306,9 @@ mod tests {
             .unwrap_or_default();
         assert!(why.contains("30d in the past"), "{why}");
         assert_eq!(TimeWindow::UNBOUNDED.violation(now, now), None);
+        let worker = w.for_worker();
+        assert_eq!(worker.max_past, None);
+        assert_eq!(worker.violation(now - Duration::days(3650), now), None);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::metrics::ErrorType;
+
 pub use embedded::EmbeddedQueue;
 pub use jetstream::JetStreamQueue;
 
@@ -83,8 +85,9 @@ pub struct Delivery<H> {
 #[derive(Clone, Debug)]
 pub struct DeadLetterReason {
     /// One of the platform's error types (`validation_error`, `device_not_found`, …).
-    pub error_type: &'static str,
-    /// Human readable reason naming the field or rule.
+    pub error_type: ErrorType,
+    /// Human readable reason naming the field or rule (the worker makes it storable; the
+    /// queue bounds what it puts in headers all the same).
     pub reason: String,
 }
 
@@ -104,6 +107,15 @@ pub struct DeadLetter {
     /// The original payload, as published.
     #[serde(skip)]
     pub payload: Bytes,
+}
+
+/// Dead letters counted by error type, without reading their payloads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DlqCounts {
+    /// Error type → dead letters.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// False when only part of the DLQ was counted (the limit, or time, ran out).
+    pub complete: bool,
 }
 
 /// Queue state for health, metrics and `nsready status`, read fresh.
@@ -151,6 +163,18 @@ pub trait Queue: Clone + Send + Sync + 'static {
         &self,
         max: usize,
         wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivery<Self::Handle>>, QueueError>> + Send {
+        self.fetch_bounded(max, usize::MAX, wait)
+    }
+
+    /// Pulls up to `max` messages holding at most about `max_bytes` of payload, waiting at
+    /// most `wait` for the first ones. A batch always holds at least one message when one
+    /// is available, however large: no message is stranded by the byte cap.
+    fn fetch_bounded(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
     ) -> impl Future<Output = Result<Vec<Delivery<Self::Handle>>, QueueError>> + Send;
 
     /// Acknowledges processed messages; the queue removes them.
@@ -174,10 +198,11 @@ pub trait Queue: Clone + Send + Sync + 'static {
 
     /// Stores the message in the DLQ with its reason (idempotently, keyed by its original
     /// sequence), then removes the original. A crash between the two leaves the original
-    /// to be redelivered: nothing is lost.
+    /// to be redelivered: nothing is lost. On an error the delivery is still owed (the
+    /// caller NAKs it).
     fn dead_letter(
         &self,
-        delivery: Delivery<Self::Handle>,
+        delivery: &Delivery<Self::Handle>,
         reason: &DeadLetterReason,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
@@ -190,6 +215,13 @@ pub trait Queue: Clone + Send + Sync + 'static {
         from: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
+
+    /// The DLQ counted by error type, reading at most `limit` letters' headers and never a
+    /// payload (health calls it; it must stay cheap).
+    fn dlq_counts(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<DlqCounts, QueueError>> + Send;
 
     /// Removes one dead letter (after a replay or on purge).
     fn dlq_remove(&self, seq: u64) -> impl Future<Output = Result<(), QueueError>> + Send;

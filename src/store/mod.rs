@@ -3,13 +3,19 @@
 //! A [`Store`] writes a batch of [`Row`]s in one transaction (rows arrive deduplicated and
 //! sorted by key; implementations upsert them with one bulk statement), writes `error_logs`
 //! rows for dead letters, migrates its schema, and reads and writes the registry.
-//! Failures are classified once, by [`StoreError::is_transient`]: transient means "the
-//! database is in trouble, try again later", never "this message is bad".
+//! Failures are classified once, by [`StoreError::failure`]: [`Failure::Infrastructure`] is
+//! only for failures proven to be the database's (connection refused or broken, pool
+//! timeout, the store locked by another writer); [`Failure::Unstorable`] for values the
+//! database can never hold; everything else is [`Failure::Unclear`] and the worker finds out
+//! by pinging and bisecting (DESIGN.md §3.4).
 
 pub mod postgres;
 pub mod sqlite;
+pub mod text;
 
+use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,21 +26,74 @@ use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// What a store failure says about whose fault it is: the one classification the worker
+/// relies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Proven to be the infrastructure's: the connection broke or never opened, the pool
+    /// timed out or is closed, the server is shutting down or out of disk, the store file is
+    /// locked by another writer. The worker NAKs without counting and pauses.
+    Infrastructure,
+    /// The data can never be stored (PostgreSQL SQLSTATE class 22, SQLite type mismatch or
+    /// too big): the one message that carries it is dead-lettered at once.
+    Unstorable,
+    /// Anything else (any other SQLSTATE, known or not, a constraint, a statement timeout,
+    /// a row that cannot be decoded): the worker pings the store; if it answers, the batch
+    /// is bisected and a single message that still fails counts towards its retries.
+    Unclear,
+}
+
+/// What the database said when it refused a statement: its code and message, never the
+/// SQL text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// SQLSTATE (PostgreSQL) or the SQLite result code, when the database gave one.
+    pub code: Option<String>,
+    /// The database's message (may quote values).
+    pub message: String,
+    /// True when the value can never be stored, whatever happens meanwhile.
+    pub never_storable: bool,
+}
+
+impl Refusal {
+    /// A refusal without a database code (client-side checks, timeouts, decoding).
+    pub fn new(message: impl Into<String>, never_storable: bool) -> Refusal {
+        Refusal {
+            code: None,
+            message: message.into(),
+            never_storable,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{code}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or did not answer in time (connection refused, pool
-    /// timeout, shutting down). Transient.
+    /// timeout, shutting down). Infrastructure.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// The database refused the write for reasons of concurrency (deadlock, serialization
-    /// failure, lock timeout). Transient.
+    /// The store is locked by another writer for longer than its busy timeout (SQLite
+    /// BUSY/LOCKED). Infrastructure.
     #[error("database conflict: {0}")]
     Conflict(String),
     /// The database refused the data itself (constraint violation, value out of range).
-    /// Permanent for the rows involved.
+    /// Unstorable when [`Refusal::never_storable`], else unclear (a foreign key may heal).
     #[error("data refused by the database: {0}")]
-    Data(String),
+    Data(Refusal),
+    /// The statement failed for a reason that proves nothing about whose fault it is: any
+    /// other SQLSTATE, a deadlock, our statement timeout, a row the driver cannot decode.
+    #[error("statement failed: {0}")]
+    Rejected(Refusal),
     /// Input to a registry import that cannot be stored (names the row and field).
     #[error("{0}")]
     Invalid(String),
@@ -44,10 +103,27 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when retrying later may succeed without changing the data: the worker NAKs
-    /// and pauses, and never dead-letters for this reason.
+    /// Whose fault the failure is (see [`Failure`]).
+    pub fn failure(&self) -> Failure {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Conflict(_) => Failure::Infrastructure,
+            StoreError::Data(r) if r.never_storable => Failure::Unstorable,
+            StoreError::Data(_)
+            | StoreError::Rejected(_)
+            | StoreError::Invalid(_)
+            | StoreError::Other(_) => Failure::Unclear,
+        }
+    }
+
+    /// True when the failure is proven to be the infrastructure's: retrying later may
+    /// succeed without changing the data, and the worker never dead-letters for it.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
+        self.failure() == Failure::Infrastructure
+    }
+
+    /// A data refusal (client-side or without a database code).
+    pub fn data(message: impl Into<String>, never_storable: bool) -> StoreError {
+        StoreError::Data(Refusal::new(message, never_storable))
     }
 }
 
@@ -59,8 +135,9 @@ pub struct Row {
     pub parameter_key: String,
     pub value: Option<f64>,
     pub quality: i16,
-    /// The protocol the event came in by.
-    pub source: String,
+    /// The protocol the event came in by; shared by every row of one event (no copy per
+    /// metric).
+    pub source: Arc<str>,
     /// `<event_id>:<parameter_key>` or `<device_id>:<timestamp>:<parameter_key>`.
     pub event_id: String,
     pub attributes: serde_json::Value,

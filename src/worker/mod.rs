@@ -1,14 +1,18 @@
 //! The worker pool: pulls batches from the queue and lands them in the store.
 //!
 //! `WORKER_POOL_SIZE` loops share one queue consumer. Each pulls up to `WORKER_BATCH_SIZE`
-//! messages or waits at most `WORKER_BATCH_TIMEOUT`, hands the batch to
+//! messages and `WORKER_BATCH_MAX_BYTES` of payload or waits at most
+//! `WORKER_BATCH_TIMEOUT`, hands the batch to
 //! [`process::process_batch`], and repeats. When the store is down every loop stops pulling
 //! and probes it once a second ([`PoolState`]); messages in hand were NAKed, never
 //! dead-lettered. On shutdown a loop finishes (and acks) the batch in hand, then exits.
-//! The ack policy itself lives in [`disposition`].
+//! The ack policy itself lives in [`disposition`]; `process.rs` runs one batch, `write.rs`
+//! writes and bisects, `settle.rs` carries out acks, NAKs and dead letters.
 
 pub mod disposition;
 pub mod process;
+mod settle;
+mod write;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +21,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::config::WorkerArgs;
+use crate::event::TimeWindow;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::registry::RegistryCache;
@@ -152,8 +157,12 @@ pub struct Ctx<Q, S> {
     pub(crate) policy: RetryPolicy,
     pub(crate) ack_wait: Duration,
     pub(crate) batch_size: usize,
+    /// Payload bytes a batch may hold (at least one message).
+    pub(crate) batch_max_bytes: usize,
     pub(crate) batch_timeout: Duration,
     pub(crate) state: Arc<PoolState>,
+    /// The time window queued messages are checked against (`TimeWindow::for_worker`).
+    pub(crate) window: TimeWindow,
     /// Abort after the first commit, before acking (tests only).
     pub(crate) crash_after_commit: bool,
 }
@@ -168,8 +177,10 @@ impl<Q: Clone, S: Clone> Clone for Ctx<Q, S> {
             policy: self.policy,
             ack_wait: self.ack_wait,
             batch_size: self.batch_size,
+            batch_max_bytes: self.batch_max_bytes,
             batch_timeout: self.batch_timeout,
             state: Arc::clone(&self.state),
+            window: self.window,
             crash_after_commit: self.crash_after_commit,
         }
     }
@@ -183,7 +194,15 @@ pub struct WorkerPool<Q, S> {
 
 impl<Q: Queue, S: Store> WorkerPool<Q, S> {
     /// A pool over this queue and store.
-    pub fn new(queue: Q, store: S, metrics: Metrics, args: &WorkerArgs) -> Self {
+    /// `window` is the collector's time window; the worker applies
+    /// [`TimeWindow::for_worker`] of it to every message.
+    pub fn new(
+        queue: Q,
+        store: S,
+        metrics: Metrics,
+        args: &WorkerArgs,
+        window: TimeWindow,
+    ) -> Self {
         let size = args.worker_pool_size.max(1);
         let state = Arc::new(PoolState::new(size));
         let registry = RegistryCache::new(
@@ -204,8 +223,10 @@ impl<Q: Queue, S: Store> WorkerPool<Q, S> {
                 },
                 ack_wait: args.worker_ack_wait,
                 batch_size: args.worker_batch_size.max(1),
+                batch_max_bytes: args.worker_batch_max_bytes.max(1),
                 batch_timeout: args.worker_batch_timeout,
                 state,
+                window: window.for_worker(),
                 crash_after_commit: args.failpoint.as_deref() == Some("crash-after-commit"),
             },
             size,
@@ -236,7 +257,11 @@ async fn run<Q: Queue, S: Store>(id: usize, ctx: Ctx<Q, S>, shutdown: Shutdown) 
         }
         // Not raced against shutdown: a pull abandoned half-way would leave messages
         // delivered to nobody until the ack wait. The pull is bounded by the batch timeout.
-        let batch = match ctx.queue.fetch(ctx.batch_size, ctx.batch_timeout).await {
+        let batch = match ctx
+            .queue
+            .fetch_bounded(ctx.batch_size, ctx.batch_max_bytes, ctx.batch_timeout)
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(worker = id, error = %e, "pull failed; retrying in 1 s");

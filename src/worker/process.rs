@@ -3,22 +3,23 @@
 //! Decode and fully check every message (it may not come from our collector), run the
 //! registry checks, then write all good rows in one transaction, deduplicated (last wins)
 //! and sorted by key. A batch the database refuses is bisected until the bad message is
-//! alone, so one poison event costs only itself. Every message ends with an
-//! [`Outcome`]; [`decide`] turns it into ack, NAK or dead letter, carried out at the end.
+//! alone (`write.rs`), so one poison event costs only itself. Every message ends with an
+//! [`Outcome`]; `settle.rs` turns it into ack, NAK or dead letter at the end.
 //! Invariant: a message is acked only after its rows are committed.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use chrono::{SecondsFormat, Utc};
-use serde_json::json;
+use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 
 use super::Ctx;
-use super::disposition::{Disposition, Outcome, decide};
+use super::disposition::{Outcome, after_registry_failure};
+use super::settle::settle;
+use super::write::write_rows;
 use crate::event::NormalizedEvent;
 use crate::event::envelope::{self, Decoded};
-use crate::queue::{DeadLetterReason, Delivery, Queue};
-use crate::store::{ErrorLogEntry, Row, Store, StoreError};
+use crate::metrics::ErrorType;
+use crate::queue::{Delivery, Queue};
+use crate::store::{Row, Store};
 
 /// What a batch did, for the pool's pause logic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,10 +31,16 @@ pub enum BatchResult {
 }
 
 /// One message while the batch is processed.
-struct Item<H> {
-    delivery: Option<Delivery<H>>,
-    decoded: Option<Decoded>,
-    outcome: Option<Outcome>,
+pub(super) struct Item<H> {
+    pub(super) delivery: Option<Delivery<H>>,
+    pub(super) decoded: Option<Decoded>,
+    pub(super) outcome: Option<Outcome>,
+}
+
+/// The typed error type of a label from the event decoder or the registry checks, which
+/// speak strings; an unknown label (a bug there) counts as a validation error.
+pub(super) fn error_type(label: &str) -> ErrorType {
+    ErrorType::from_label(label).unwrap_or(ErrorType::ValidationError)
 }
 
 /// Processes one batch and settles every message in it.
@@ -48,12 +55,12 @@ pub async fn process_batch<Q: Queue, S: Store>(
     let mut items: Vec<Item<Q::Handle>> = deliveries
         .into_iter()
         .map(|d| {
-            let (decoded, outcome) = match envelope::decode(&d.payload) {
+            let (decoded, outcome) = match envelope::decode_with(&d.payload, ctx.window) {
                 Ok(dec) => (Some(dec), None),
                 Err(e) => (
                     None,
                     Some(Outcome::Permanent {
-                        error_type: e.error_type,
+                        error_type: error_type(e.error_type),
                         reason: e.reason,
                     }),
                 ),
@@ -93,7 +100,7 @@ async fn check_registry<Q: Queue, S: Store>(
             for item in items.iter_mut().filter(|i| i.decoded.is_some()) {
                 if let Some(Err(f)) = results.next() {
                     item.outcome = Some(Outcome::Retryable {
-                        error_type: f.error_type,
+                        error_type: error_type(f.error_type),
                         reason: f.reason,
                     });
                 }
@@ -102,93 +109,18 @@ async fn check_registry<Q: Queue, S: Store>(
         }
         Err(e) => {
             tracing::warn!(error = %e, "registry could not be loaded; pausing");
-            mark_infrastructure(items);
+            let outcome = after_registry_failure(&e);
+            for item in items.iter_mut().filter(|i| i.outcome.is_none()) {
+                item.outcome = Some(outcome.clone());
+            }
             true
         }
     }
 }
 
-fn mark_infrastructure<H>(items: &mut [Item<H>]) {
+pub(super) fn mark_infrastructure<H>(items: &mut [Item<H>]) {
     for item in items.iter_mut().filter(|i| i.outcome.is_none()) {
         item.outcome = Some(Outcome::Infrastructure);
-    }
-}
-
-/// Writes the rows of every message without an outcome yet, bisecting on data errors.
-/// Returns true when the store is down.
-async fn write_rows<Q: Queue, S: Store>(ctx: &Ctx<Q, S>, items: &mut [Item<Q::Handle>]) -> bool {
-    let pending: Vec<usize> = (0..items.len())
-        .filter(|&i| items[i].outcome.is_none())
-        .collect();
-    if pending.is_empty() {
-        return false;
-    }
-    let mut stack = vec![pending];
-    while let Some(group) = stack.pop() {
-        let rows = build_rows(group.iter().filter_map(|&i| items[i].decoded.as_ref()));
-        let started = Instant::now();
-        match write_keeping_alive(ctx, &rows, items).await {
-            Ok(n) => {
-                let secs = started.elapsed().as_secs_f64();
-                ctx.metrics.batch_committed(group.len(), n, secs);
-                ctx.state.committed(group.len());
-                let now = Utc::now();
-                for &i in &group {
-                    items[i].outcome = Some(Outcome::Committed);
-                    if let Some(at) = items[i].delivery.as_ref().and_then(|d| d.published_at) {
-                        let lat = (now - at).num_microseconds().unwrap_or(0).max(0);
-                        ctx.metrics.processing_seconds(lat as f64 / 1e6);
-                    }
-                }
-            }
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, messages = group.len(), "store unavailable; NAK and pause");
-                mark_infrastructure(items);
-                return true;
-            }
-            Err(StoreError::Data(msg)) if group.len() == 1 => {
-                items[group[0]].outcome = Some(Outcome::Permanent {
-                    error_type: "integrity",
-                    reason: format!("the database refused the event's rows: {msg}"),
-                });
-            }
-            Err(StoreError::Data(_)) => {
-                // Isolate the bad message: each half is tried on its own.
-                let (a, b) = group.split_at(group.len() / 2);
-                stack.push(b.to_vec());
-                stack.push(a.to_vec());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "unexpected store error; NAK and pause");
-                mark_infrastructure(items);
-                return true;
-            }
-        }
-    }
-    false
-}
-
-/// Upserts while telling the queue, every third of the ack wait, that the batch is still
-/// being worked on, so a slow database does not cause redeliveries mid-write.
-async fn write_keeping_alive<Q: Queue, S: Store>(
-    ctx: &Ctx<Q, S>,
-    rows: &[Row],
-    items: &[Item<Q::Handle>],
-) -> Result<u64, StoreError> {
-    let write = ctx.store.upsert(rows);
-    tokio::pin!(write);
-    let period = (ctx.ack_wait / 3).max(Duration::from_millis(100));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            r = &mut write => return r,
-            _ = tick.tick() => {
-                let ds: Vec<&Delivery<Q::Handle>> = items.iter().filter_map(|i| i.delivery.as_ref()).collect();
-                if let Err(e) = ctx.queue.in_progress(&ds).await {
-                    tracing::warn!(error = %e, "progress ack failed");
-                }
-            }
-        }
     }
 }
 
@@ -200,23 +132,29 @@ pub fn build_rows<'a>(events: impl Iterator<Item = &'a Decoded>) -> Vec<Row> {
     for d in events {
         let e = &d.event;
         let ts = e.source_timestamp();
+        let time = stored_time(ts);
+        // One copy of the event's protocol for all its rows, however many metrics it has.
+        let source: Arc<str> = Arc::from(e.protocol());
+        let device_ts = match e.event_id() {
+            Some(_) => String::new(),
+            None => format!(
+                "{}:{}:",
+                e.device_id(),
+                ts.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+            ),
+        };
         for m in e.metrics() {
             let event_id = match e.event_id() {
                 Some(id) => format!("{id}:{}", m.parameter_key()),
-                None => format!(
-                    "{}:{}:{}",
-                    e.device_id(),
-                    ts.to_rfc3339_opts(SecondsFormat::AutoSi, false),
-                    m.parameter_key()
-                ),
+                None => format!("{device_ts}{}", m.parameter_key()),
             };
             let row = Row {
-                time: ts,
+                time,
                 device_id: e.device_id(),
                 parameter_key: m.parameter_key().to_string(),
                 value: m.value(),
                 quality: i16::from(m.quality()),
-                source: e.protocol().to_string(),
+                source: Arc::clone(&source),
                 event_id,
                 attributes: serde_json::Value::Object(m.attributes().clone()),
             };
@@ -229,91 +167,19 @@ pub fn build_rows<'a>(events: impl Iterator<Item = &'a Decoded>) -> Vec<Row> {
     rows.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Carries out every message's disposition: acks, NAKs grouped by delay, dead letters
-/// (error_logs rows first, then the DLQ, then removal of the original).
-async fn settle<Q: Queue, S: Store>(
-    ctx: &Ctx<Q, S>,
-    items: Vec<Item<Q::Handle>>,
-    store_down: bool,
-) -> BatchResult {
-    let mut acks = Vec::new();
-    let mut naks: HashMap<Duration, Vec<Delivery<Q::Handle>>> = HashMap::new();
-    let mut dead = Vec::new();
-    for item in items {
-        let (Some(d), Some(outcome)) = (item.delivery, item.outcome) else {
-            continue;
-        };
-        match decide(&outcome, d.delivered, &ctx.policy) {
-            Disposition::Ack => acks.push(d),
-            Disposition::Nak { delay } => naks.entry(delay).or_default().push(d),
-            Disposition::DeadLetter { error_type, reason } => {
-                let device = item
-                    .decoded
-                    .as_ref()
-                    .map(|x| x.event.device_id().to_string());
-                dead.push((d, error_type, reason, device));
-            }
-        }
-    }
-    let committed = acks.len();
-    if committed > 0 {
-        ctx.metrics.events("success", committed as u64);
-        if let Err(e) = ctx.queue.ack(acks).await {
-            // The rows are committed; a redelivery only rewrites the same values.
-            tracing::warn!(error = %e, "ack failed after commit; messages will be redelivered");
-        }
-    }
-    if !dead.is_empty() {
-        let entries: Vec<ErrorLogEntry> = dead
-            .iter()
-            .map(|(d, error_type, reason, device)| ErrorLogEntry {
-                source: "nsready.worker".into(),
-                level: "ERROR".into(),
-                message: reason.clone(),
-                context: json!({
-                    "trace_id": d.trace_id, "device_id": device, "error_type": error_type,
-                    "stream_seq": d.seq, "delivered": d.delivered,
-                }),
-            })
-            .collect();
-        match ctx.store.log_errors(&entries).await {
-            Ok(()) => {
-                for (d, error_type, reason, _) in dead {
-                    let seq = d.seq;
-                    let trace_id = d.trace_id.clone().unwrap_or_default();
-                    let r = DeadLetterReason { error_type, reason };
-                    match ctx.queue.dead_letter(d, &r).await {
-                        Ok(()) => {
-                            tracing::warn!(seq, error_type, reason = %r.reason, trace_id, "message dead-lettered");
-                            ctx.metrics.events("dlq", 1);
-                            ctx.metrics.error(error_type, 1);
-                        }
-                        Err(e) => {
-                            tracing::warn!(seq, error = %e, "dead letter failed; the message stays queued");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // Without its error_logs row a message is not dead-lettered; try again later.
-                tracing::warn!(error = %e, "error_logs write failed; NAK instead of dead letter");
-                let delay = ctx.policy.base_delay;
-                naks.entry(delay)
-                    .or_default()
-                    .extend(dead.into_iter().map(|(d, ..)| d));
-            }
-        }
-    }
-    for (delay, ds) in naks {
-        if let Err(e) = ctx.queue.nak(ds, delay).await {
-            tracing::warn!(error = %e, "NAK failed; messages return after the ack wait");
-        }
-    }
-    if store_down {
-        BatchResult::StoreDown
+/// The timestamp exactly as both stores key it, so the in-batch dedupe key is the
+/// database's: truncated to microseconds (their resolution), and a leap second
+/// (`23:59:60.x`, which chrono keeps as a distinct value) folded onto `23:59:59.x`, as the
+/// PostgreSQL driver does when it binds it; the SQLite store gets the same folded value.
+fn stored_time(ts: DateTime<Utc>) -> DateTime<Utc> {
+    let ns = ts.nanosecond();
+    let ns = if ns >= 1_000_000_000 {
+        ns - 1_000_000_000
     } else {
-        BatchResult::Settled { committed }
-    }
+        ns
+    };
+    let micros = ns - ns % 1_000;
+    ts.with_nanosecond(micros).unwrap_or(ts)
 }
 
 #[cfg(test)]
@@ -359,6 +225,35 @@ mod tests {
             rows[0]
                 .event_id
                 .starts_with("bc2c5e47-f17e-46f0-b5e7-76b214f4f6ad:2025-11-14T12:00:01+00:00:a")
+        );
+    }
+
+    #[test]
+    fn rows_of_one_event_share_its_protocol() {
+        let body = r#"{"project_id":"8212caa2-b928-4213-b64e-9f5b86f4cad1","site_id":"89a66770-bdcc-4c95-ac97-e1829cb7a960","device_id":"bc2c5e47-f17e-46f0-b5e7-76b214f4f6ad","protocol":"GPRS","source_timestamp":"2025-11-14T12:00:00Z","metrics":[{"parameter_key":"a","value":1},{"parameter_key":"b","value":2},{"parameter_key":"c","value":3}]}"#;
+        let d = envelope::decode(body.as_bytes()).expect("valid test event");
+        let rows = build_rows(std::iter::once(&d));
+        assert_eq!(rows.len(), 3);
+        assert!(
+            rows.windows(2)
+                .all(|w| Arc::ptr_eq(&w[0].source, &w[1].source))
+        );
+        assert_eq!(&*rows[0].source, "GPRS");
+    }
+
+    #[test]
+    fn the_dedupe_key_is_the_stored_time() {
+        let base = DateTime::parse_from_rfc3339("2016-12-31T23:59:59.5Z")
+            .expect("time")
+            .to_utc();
+        let leap = base.with_nanosecond(1_500_000_000).expect("leap second");
+        assert_ne!(base, leap, "chrono keeps them apart");
+        assert_eq!(stored_time(leap), base, "the database does not");
+        assert_eq!(stored_time(base), base);
+        let sub_micro = base.with_nanosecond(500_000_789).expect("ns");
+        assert_eq!(
+            stored_time(sub_micro),
+            base.with_nanosecond(500_000_000).expect("us")
         );
     }
 }

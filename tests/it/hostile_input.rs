@@ -434,3 +434,36 @@ async fn events_at_the_edge_of_every_rule_all_land(kind: Kind) {
     app.stop().await;
 }
 both_deployments!(events_at_the_edge_of_every_rule_all_land);
+
+/// Messages other producers publish straight to the queue get the same checks in the
+/// worker, with the time window's upper bound (plus a few minutes for clocks that differ)
+/// but never its lower bound: a message is not refused for the age it reached in the queue.
+async fn the_worker_applies_the_window_to_other_producers_but_not_the_lower_bound(kind: Kind) {
+    let env = TestEnv::new(kind);
+    env.import_demo().await;
+    let app = env.start(Role::Serve, &["--ingest-max-past", "30d"]).await;
+    let now = Utc::now();
+    let old = at(now - chrono::Duration::days(60));
+    let future = at(now + chrono::Duration::days(3));
+    let nul = with(
+        &event(5, &[("voltage", 1.0)]),
+        &["protocol"],
+        json!("a\u{0}"),
+    );
+    for bare in [&old, &future, &nul] {
+        env.publish_raw(bare.to_string().as_bytes()).await;
+    }
+    assert_settled(&env, &app, 1, 2).await;
+    let dead = env.dead_letters().await;
+    assert!(
+        dead.iter().all(|d| d.error_type == "validation_error"),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter().any(|d| d.reason.contains("INGEST_MAX_FUTURE")),
+        "{dead:?}"
+    );
+    assert!(dead.iter().any(|d| d.reason.contains("NUL")), "{dead:?}");
+    app.stop().await;
+}
+both_deployments!(the_worker_applies_the_window_to_other_producers_but_not_the_lower_bound);

@@ -192,9 +192,9 @@ async fn peak_memory_is_bounded_by_the_limits(kind: Kind) {
         MAX_BODY as u64 / MIB,
         MAX_BATCH as u64 / MIB
     );
-    // Wide margin: 24 × the batch limit over the baseline. Without the bounds a single
-    // large event cost ~720 MiB (issue 8).
-    let bound = 24 * MAX_BATCH as u64;
+    // Wide margin: 32 × the batch limit over the baseline, about twice what was measured
+    // (BENCHMARKS.md). Without the bounds one large event cost ~720 MiB (issue 8).
+    let bound = 32 * MAX_BATCH as u64;
     assert!(
         peak.saturating_sub(baseline) < bound,
         "peak RSS {} MiB over a baseline of {} MiB (bound {} MiB)",
@@ -214,13 +214,11 @@ async fn peak_memory_is_bounded_by_the_limits(kind: Kind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the worker's batch byte cap lands with the hostile-worker branch"]
 async fn peak_memory_is_bounded_by_the_limits_embedded() {
     peak_memory_is_bounded_by_the_limits(Kind::Embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the worker's batch byte cap lands with the hostile-worker branch"]
 async fn peak_memory_is_bounded_by_the_limits_scale_out() {
     peak_memory_is_bounded_by_the_limits(Kind::ScaleOut).await;
 }

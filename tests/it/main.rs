@@ -9,6 +9,7 @@ mod harness;
 mod hostile_http;
 mod hostile_input;
 mod hostile_memory;
+mod hostile_worker;
 mod loadgen;
 mod operator;
 mod pipeline;

@@ -52,7 +52,7 @@ fn row(device: Uuid, key: &str, secs: i64, value: f64) -> Row {
         parameter_key: key.to_string(),
         value: Some(value),
         quality: 192,
-        source: "GPRS".to_string(),
+        source: "GPRS".into(),
         event_id: format!("{device}:{}:{key}", time.to_rfc3339()),
         attributes: serde_json::json!({"unit": "V"}),
     }

@@ -23,6 +23,8 @@ pub(super) enum Op {
     Publish(Vec<Outgoing>),
     Fetch {
         max: usize,
+        /// Payload bytes the batch may hold (at least one message whatever its size).
+        max_bytes: usize,
     },
     Ack(Vec<u64>),
     Nak {
@@ -41,6 +43,8 @@ pub(super) enum Op {
         limit: usize,
     },
     DlqRemove(u64),
+    /// Dead letters counted by error type (no payload read).
+    DlqCounts,
     /// Runs raw SQL on the thread's connection (tests simulate a full disk with it).
     #[cfg(test)]
     Sql(String),
@@ -53,6 +57,7 @@ pub(super) enum Answer {
     Done,
     Stats(QueueStats),
     DeadLetters(Vec<DeadLetter>),
+    Counts(Vec<(String, u64)>),
 }
 
 /// Messages leased by one fetch.

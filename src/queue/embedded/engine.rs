@@ -197,7 +197,7 @@ impl Engine {
                 *wake |= results.iter().any(|r| matches!(r, Ok(p) if !p.duplicate));
                 Ok(Answer::Published(results))
             }
-            Op::Fetch { max } => Ok(Answer::Fetched(self.fetch(max, now)?)),
+            Op::Fetch { max, max_bytes } => Ok(Answer::Fetched(self.fetch(max, max_bytes, now)?)),
             Op::Ack(seqs) => {
                 for seq in seqs {
                     self.remove(seq)?;
@@ -224,6 +224,7 @@ impl Engine {
             }
             Op::Stats => Ok(Answer::Stats(self.stats(now)?)),
             Op::DlqList { from, limit } => Ok(Answer::DeadLetters(self.dlq_list(from, limit)?)),
+            Op::DlqCounts => Ok(Answer::Counts(self.dlq_counts()?)),
             Op::DlqRemove(seq) => {
                 let n = self
                     .conn
@@ -312,23 +313,30 @@ impl Engine {
         Ok(results)
     }
 
-    /// Leases up to `max` visible messages, oldest sequence first: each becomes invisible
-    /// for the ack wait and its delivery count goes up.
-    fn fetch(&mut self, max: usize, now: i64) -> rusqlite::Result<Fetched> {
+    /// Leases up to `max` visible messages holding at most `max_bytes` of payload (at least
+    /// one, whatever its size), oldest sequence first: each becomes invisible for the ack
+    /// wait and its delivery count goes up.
+    fn fetch(&mut self, max: usize, max_bytes: usize, now: i64) -> rusqlite::Result<Fetched> {
         let lease_until = now.saturating_add(self.ack_wait_ms);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let cap = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         // The inner SELECT walks the table in seq (rowid) order and skips leased rows; no
         // index on visible_at is usable here on purpose (the only one is partial), since
-        // sorting every visible row by seq would cost far more on a deep backlog.
+        // sorting every visible row by seq would cost far more on a deep backlog. The
+        // running sum of sizes (read from the `size` column, never the payload) stops the
+        // batch at the byte cap; the first message is always taken.
         let mut messages = self
             .conn
             .prepare_cached(
                 "UPDATE messages SET visible_at = ?1, delivered = delivered + 1 \
-                 WHERE seq IN (SELECT seq FROM messages WHERE visible_at <= ?2 \
-                               ORDER BY seq LIMIT ?3) \
+                 WHERE seq IN (SELECT seq FROM \
+                     (SELECT seq, size, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto \
+                      FROM (SELECT seq, size FROM messages WHERE visible_at <= ?2 \
+                            ORDER BY seq LIMIT ?3)) \
+                     WHERE upto <= ?4 OR upto = size) \
                  RETURNING seq, delivered, trace_id, payload, published_at",
             )?
-            .query_map(params![lease_until, now, limit], |r| {
+            .query_map(params![lease_until, now, limit, cap], |r| {
                 Ok(StoredMessage {
                     seq: from_i64(r.get(0)?),
                     delivered: from_i64(r.get(1)?),
@@ -425,6 +433,14 @@ impl Engine {
             waiting_pulls: 0,
             dlq_depth: from_i64(dlq_depth),
         })
+    }
+
+    /// Dead letters by error type: a GROUP BY on the error type column, never a payload read.
+    fn dlq_counts(&mut self) -> rusqlite::Result<Vec<(String, u64)>> {
+        self.conn
+            .prepare_cached("SELECT error_type, count(*) FROM dlq GROUP BY error_type")?
+            .query_map([], |r| Ok((r.get(0)?, from_i64(r.get(1)?))))?
+            .collect()
     }
 
     fn dlq_list(&mut self, from: u64, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {

@@ -26,7 +26,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use self::command::{Answer, Command, Op};
 use self::engine::Engine;
 use crate::queue::{
-    DeadLetter, DeadLetterReason, Delivery, Outgoing, Published, Queue, QueueError, QueueStats,
+    DeadLetter, DeadLetterReason, Delivery, DlqCounts, Outgoing, Published, Queue, QueueError,
+    QueueStats,
 };
 
 /// Commands that may wait in the channel before callers feel backpressure. Each caller
@@ -49,6 +50,10 @@ pub struct EmbeddedQueueOptions {
     pub ack_wait: Duration,
     /// How long a message id is remembered for deduplication (from its first publish).
     pub duplicate_window: Duration,
+    /// Longest wait for a publish's commit (`PUBLISH_TIMEOUT`); past it the publish answers
+    /// [`QueueError::Unavailable`]. A commit that lands later is harmless: the client's
+    /// retry carries the same message id and is deduplicated.
+    pub publish_timeout: Duration,
 }
 
 impl Default for EmbeddedQueueOptions {
@@ -60,6 +65,7 @@ impl Default for EmbeddedQueueOptions {
             max_bytes: 1 << 30,
             ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
+            publish_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -92,6 +98,8 @@ struct Inner {
     notify: Arc<Notify>,
     /// Fetch calls currently waiting for messages (`QueueStats::waiting_pulls`).
     waiting_pulls: AtomicU64,
+    /// Bound on the wait for a publish's commit.
+    publish_timeout: Duration,
     path: PathBuf,
 }
 
@@ -141,6 +149,7 @@ impl EmbeddedQueue {
         let conn = schema::open(path)?;
         let notify = Arc::new(Notify::new());
         let engine = Engine::new(conn, path.to_path_buf(), &opts, Arc::clone(&notify))?;
+        let publish_timeout = opts.publish_timeout;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("nsready-queue".into())
@@ -152,6 +161,7 @@ impl EmbeddedQueue {
                 thread: Some(thread),
                 notify,
                 waiting_pulls: AtomicU64::new(0),
+                publish_timeout,
                 path: path.to_path_buf(),
             }),
         })
@@ -187,6 +197,13 @@ fn stopped() -> QueueError {
     QueueError::Unavailable("embedded queue thread stopped".into())
 }
 
+/// A publish whose commit did not come within the publish timeout.
+fn publish_timed_out() -> QueueError {
+    QueueError::Unavailable(
+        "no commit from the embedded queue within PUBLISH_TIMEOUT (disk too slow?)".into(),
+    )
+}
+
 /// An answer of the wrong kind: a bug in this module, reported rather than panicked on.
 fn mismatch() -> QueueError {
     QueueError::Unavailable("embedded queue answered with the wrong kind of reply".into())
@@ -218,17 +235,21 @@ impl Queue for EmbeddedQueue {
         if n == 0 {
             return Vec::new();
         }
-        // One command: all of them land in the same group commit.
-        match self.call(Op::Publish(msgs)).await {
-            Ok(Answer::Published(results)) if results.len() == n => results,
-            Ok(_) => (0..n).map(|_| Err(mismatch())).collect(),
-            Err(e) => (0..n).map(|_| Err(copy_error(&e))).collect(),
+        // One command: all of them land in the same group commit. Bounded like JetStream's
+        // publish: a queue thread stuck on a slow disk answers 503, not a hung client.
+        let call = tokio::time::timeout(self.inner.publish_timeout, self.call(Op::Publish(msgs)));
+        match call.await {
+            Ok(Ok(Answer::Published(results))) if results.len() == n => results,
+            Ok(Ok(_)) => (0..n).map(|_| Err(mismatch())).collect(),
+            Ok(Err(e)) => (0..n).map(|_| Err(copy_error(&e))).collect(),
+            Err(_) => (0..n).map(|_| Err(publish_timed_out())).collect(),
         }
     }
 
-    async fn fetch(
+    async fn fetch_bounded(
         &self,
         max: usize,
+        max_bytes: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery<EmbeddedHandle>>, QueueError> {
         if max == 0 {
@@ -241,7 +262,7 @@ impl Queue for EmbeddedQueue {
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let fetched = match self.call(Op::Fetch { max }).await? {
+            let fetched = match self.call(Op::Fetch { max, max_bytes }).await? {
                 Answer::Fetched(f) => f,
                 _ => return Err(mismatch()),
             };
@@ -316,12 +337,12 @@ impl Queue for EmbeddedQueue {
 
     async fn dead_letter(
         &self,
-        delivery: Delivery<EmbeddedHandle>,
+        delivery: &Delivery<EmbeddedHandle>,
         reason: &DeadLetterReason,
     ) -> Result<(), QueueError> {
         self.call_done(Op::DeadLetter {
             handle: delivery.handle,
-            error_type: reason.error_type,
+            error_type: reason.error_type.as_str(),
             reason: reason.reason.clone(),
         })
         .await
@@ -340,6 +361,17 @@ impl Queue for EmbeddedQueue {
     async fn dlq_list(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         match self.call(Op::DlqList { from, limit }).await? {
             Answer::DeadLetters(list) => Ok(list),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn dlq_counts(&self, _limit: usize) -> Result<DlqCounts, QueueError> {
+        // A GROUP BY over an indexless column of a small table: no limit needed.
+        match self.call(Op::DlqCounts).await? {
+            Answer::Counts(rows) => Ok(DlqCounts {
+                counts: rows.into_iter().collect(),
+                complete: true,
+            }),
             _ => Err(mismatch()),
         }
     }

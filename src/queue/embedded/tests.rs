@@ -284,7 +284,7 @@ async fn dead_letter_moves_the_message_to_the_dlq_once() -> TestResult {
     let mut got = q.fetch(1, WAIT).await?;
     let d = got.remove(0);
     let reason = DeadLetterReason {
-        error_type: "device_not_found",
+        error_type: crate::metrics::ErrorType::DeviceNotFound,
         reason: "device_id: device x is not in the registry".into(),
     };
     let copy = crate::queue::Delivery {
@@ -295,8 +295,8 @@ async fn dead_letter_moves_the_message_to_the_dlq_once() -> TestResult {
         published_at: d.published_at,
         handle: d.handle,
     };
-    q.dead_letter(d, &reason).await?;
-    q.dead_letter(copy, &reason).await?;
+    q.dead_letter(&d, &reason).await?;
+    q.dead_letter(&copy, &reason).await?;
     let stats = q.stats().await?;
     assert_eq!((stats.depth(), stats.dlq_depth), (0, 1));
     let list = q.dlq_list(0, 10).await?;
@@ -372,10 +372,10 @@ async fn reopening_keeps_unacked_messages() -> TestResult {
         let bad = got.pop().ok_or("no message")?;
         q.ack(vec![done]).await?;
         let reason = DeadLetterReason {
-            error_type: "validation_error",
+            error_type: crate::metrics::ErrorType::ValidationError,
             reason: "x".into(),
         };
-        q.dead_letter(bad, &reason).await?;
+        q.dead_letter(&bad, &reason).await?;
         // `got` (the "keep" delivery) is never settled: the process "dies" here.
         let dl = q.dlq_list(0, 10).await?;
         (p.seq, dl[0].seq)
@@ -496,5 +496,64 @@ async fn a_full_disk_makes_publish_unavailable() -> TestResult {
     let p = q.publish(msg("big")).await?;
     assert!(!p.duplicate, "the refused publish left no dedupe entry");
     assert_eq!(depth(&q).await?, 2);
+    Ok(())
+}
+
+/// A byte-capped fetch stops adding messages at the cap but always takes one; the DLQ is
+/// counted by error type without reading payloads.
+#[tokio::test]
+async fn fetch_is_bounded_by_bytes_and_the_dlq_is_counted_by_type() -> TestResult {
+    let dir = TempDir::new()?;
+    let q = open(&dir, opts())?;
+    for i in 0..6 {
+        let mut m = msg(&format!("m{i}"));
+        m.payload = Bytes::from(vec![b'x'; 1000]);
+        q.publish(m).await?;
+    }
+    let two = q.fetch_bounded(10, 2500, WAIT).await?;
+    assert_eq!(two.len(), 2, "1000 + 1000 fit 2500, a third does not");
+    let one = q.fetch_bounded(10, 10, WAIT).await?;
+    assert_eq!(
+        one.len(),
+        1,
+        "a message larger than the cap still comes alone"
+    );
+    let rest = q.fetch_bounded(10, usize::MAX, WAIT).await?;
+    assert_eq!(rest.len(), 3);
+    let reason = |t| DeadLetterReason {
+        error_type: t,
+        reason: "r".into(),
+    };
+    use crate::metrics::ErrorType;
+    q.dead_letter(&two[0], &reason(ErrorType::JsonDecode))
+        .await?;
+    q.dead_letter(&two[1], &reason(ErrorType::JsonDecode))
+        .await?;
+    q.dead_letter(&one[0], &reason(ErrorType::StoreRejected))
+        .await?;
+    let counts = q.dlq_counts(10).await?;
+    assert!(counts.complete);
+    assert_eq!(counts.counts.get("json_decode"), Some(&2));
+    assert_eq!(counts.counts.get("store_rejected"), Some(&1));
+    Ok(())
+}
+
+/// A publish whose commit does not come within the publish timeout answers Unavailable.
+#[tokio::test]
+async fn a_publish_is_bounded_by_the_publish_timeout() -> TestResult {
+    let dir = TempDir::new()?;
+    let q = open(
+        &dir,
+        EmbeddedQueueOptions {
+            publish_timeout: Duration::ZERO,
+            ..opts()
+        },
+    )?;
+    match q.publish(msg("late")).await {
+        Err(QueueError::Unavailable(m)) => assert!(m.contains("PUBLISH_TIMEOUT"), "{m}"),
+        // The thread may be fast enough to answer within a zero timeout's first poll.
+        Ok(_) => {}
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }

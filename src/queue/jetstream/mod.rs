@@ -11,16 +11,18 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer, context::Publish, stream};
+use async_nats::jetstream::{self, AckKind, consumer, context::Publish};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::join_all;
 
 use super::{
-    DeadLetter, DeadLetterReason, Delivery, Outgoing, Published, Queue, QueueError, QueueStats,
+    DeadLetter, DeadLetterReason, Delivery, DlqCounts, Outgoing, Published, Queue, QueueError,
+    QueueStats,
 };
 use crate::config::NatsArgs;
 
+mod dlq;
 mod setup;
 
 pub use setup::{connect, server_addrs};
@@ -32,6 +34,20 @@ const ERROR_TYPE: &str = "Nsready-Error-Type";
 const DELIVERED: &str = "Nsready-Delivered";
 const ORIGINAL_SEQ: &str = "Nsready-Original-Seq";
 const DEAD_AT: &str = "Nsready-Dead-At";
+/// On a dead letter whose payload had to be cut to fit `max_payload`: the original size.
+pub const TRUNCATED: &str = "Nsready-Truncated-From";
+
+/// Bytes reserved for a dead letter's headers on top of its payload. Ingest refuses a
+/// message whose payload would not leave this much room under the server's `max_payload`
+/// (`JetStreamQueue::check_size`), so every message from the collector can be
+/// dead-lettered whole. Header values are bounded to fit: the reason at
+/// [`crate::store::text::MAX_REASON_BYTES`], the trace id at
+/// [`crate::store::text::MAX_FIELD_BYTES`].
+pub const DLQ_HEADER_BUDGET: usize = 2048;
+
+/// Room a pull's `max_bytes` needs beyond `max_payload` for one message (subject, reply
+/// subject and protocol framing), so a byte-capped pull always fits one message.
+const PULL_OVERHEAD: usize = 4096;
 
 /// Settings of the stream, consumer and DLQ, taken from the configuration.
 #[derive(Clone, Debug)]
@@ -85,6 +101,10 @@ pub struct JetStreamQueue {
     js: jetstream::Context,
     consumer: consumer::Consumer<consumer::pull::Config>,
     opts: JetStreamOptions,
+    /// Creation time of the `INGRESS` stream (Unix nanoseconds), part of every dead letter's
+    /// message id: sequences restart at 1 when the stream is recreated, and without it the
+    /// DLQ's duplicate window would swallow the new letter.
+    stream_created: i128,
 }
 
 impl std::fmt::Debug for JetStreamQueue {
@@ -118,14 +138,22 @@ impl JetStreamQueue {
         }
     }
 
-    /// Refuses a message the server would reject for its size (headers included, roughly).
+    /// Refuses a message the server would reject for its size (headers included, roughly),
+    /// or whose dead letter would not fit: its payload plus [`DLQ_HEADER_BUDGET`] must stay
+    /// within `max_payload`.
     fn check_size(&self, msg: &Outgoing) -> Result<(), QueueError> {
         let limit = self.client.server_info().max_payload;
-        let size = msg.payload.len() + msg.msg_id.len() + msg.trace_id.len() + 64;
+        let size = (msg.payload.len() + msg.msg_id.len() + msg.trace_id.len() + 64)
+            .max(msg.payload.len() + DLQ_HEADER_BUDGET);
         if limit > 0 && size > limit {
             return Err(QueueError::TooLarge { size, limit });
         }
         Ok(())
+    }
+
+    /// The dead letter's idempotent message id: unique per stream incarnation and sequence.
+    fn dlq_msg_id(&self, seq: u64) -> String {
+        format!("dlq:{}:{}:{seq}", self.opts.stream, self.stream_created)
     }
 
     /// Sends one publish and waits for its ack, all bounded by the publish timeout.
@@ -214,11 +242,6 @@ fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
     h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
 }
 
-/// Header values cannot hold line breaks.
-fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
-}
-
 impl Queue for JetStreamQueue {
     type Handle = jetstream::Message;
 
@@ -269,19 +292,25 @@ impl Queue for JetStreamQueue {
         .await
     }
 
-    async fn fetch(
+    async fn fetch_bounded(
         &self,
         max: usize,
+        max_bytes: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery<Self::Handle>>, QueueError> {
-        let mut batch = self
+        let mut request = self
             .consumer
             .batch()
             .max_messages(max)
-            .expires(wait.max(Duration::from_millis(10)))
-            .messages()
-            .await
-            .map_err(nats_err)?;
+            .expires(wait.max(Duration::from_millis(10)));
+        if max_bytes != usize::MAX {
+            // Never below one message of the largest size the server accepts: the server
+            // answers a pull whose byte budget cannot hold the next message with nothing,
+            // which would strand that message.
+            let floor = self.client.server_info().max_payload + PULL_OVERHEAD;
+            request = request.max_bytes(max_bytes.max(floor));
+        }
+        let mut batch = request.messages().await.map_err(nats_err)?;
         let mut out = Vec::with_capacity(max);
         // The request ends after `max` messages or when the server says it expired. nats-server
         // 2.9 sometimes sends that "408 Request Timeout" late when a pull got part of a batch,
@@ -361,39 +390,6 @@ impl Queue for JetStreamQueue {
         self.client.flush().await.map_err(nats_err)
     }
 
-    async fn dead_letter(
-        &self,
-        delivery: Delivery<Self::Handle>,
-        reason: &DeadLetterReason,
-    ) -> Result<(), QueueError> {
-        let mut publish = Publish::build()
-            .payload(delivery.payload.clone())
-            // Idempotent: a retry after a crash between publish and ack is stored once.
-            .message_id(format!("dlq:{}:{}", self.opts.stream, delivery.seq))
-            .header(REASON, one_line(&reason.reason).as_str())
-            .header(ERROR_TYPE, reason.error_type)
-            .header(DELIVERED, delivery.delivered.to_string().as_str())
-            .header(ORIGINAL_SEQ, delivery.seq.to_string().as_str())
-            .header(DEAD_AT, Utc::now().to_rfc3339().as_str());
-        if let Some(t) = &delivery.trace_id {
-            publish = publish.header(TRACE_ID, t.as_str());
-        }
-        let fut = async {
-            let ack = self
-                .js
-                .send_publish(self.opts.dlq_subject.clone(), publish)
-                .await
-                .map_err(publish_error)?;
-            ack.await.map_err(publish_error)
-        };
-        tokio::time::timeout(self.opts.publish_timeout, fut)
-            .await
-            .map_err(|_| QueueError::Unavailable("DLQ publish timed out".into()))??;
-        // Only now remove the original: the dead letter is durable.
-        delivery.handle.ack().await.map_err(nats_err)?;
-        self.client.flush().await.map_err(nats_err)
-    }
-
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let stream = self
             .js
@@ -418,54 +414,24 @@ impl Queue for JetStreamQueue {
         })
     }
 
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery<Self::Handle>,
+        reason: &DeadLetterReason,
+    ) -> Result<(), QueueError> {
+        self.publish_dead_letter(delivery, reason).await
+    }
+
     async fn dlq_list(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let stream = self
-            .js
-            .get_stream(&self.opts.dlq_stream)
-            .await
-            .map_err(nats_err)?;
-        let state = stream.cached_info().state.clone();
-        let mut out = Vec::new();
-        if state.messages == 0 {
-            return Ok(out);
-        }
-        let mut seq = from.max(state.first_sequence).max(1);
-        while seq <= state.last_sequence && out.len() < limit {
-            match stream.get_raw_message(seq).await {
-                Ok(m) => out.push(DeadLetter {
-                    seq: m.sequence,
-                    original_seq: header(Some(&m.headers), ORIGINAL_SEQ)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                    error_type: header(Some(&m.headers), ERROR_TYPE).unwrap_or_default(),
-                    reason: header(Some(&m.headers), REASON).unwrap_or_default(),
-                    delivered: header(Some(&m.headers), DELIVERED)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0),
-                    trace_id: header(Some(&m.headers), TRACE_ID),
-                    time: to_chrono(m.time),
-                    payload: m.payload,
-                }),
-                // Deleted (replayed or purged) sequences leave gaps.
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {}
-                Err(e) => return Err(nats_err(e)),
-            }
-            seq += 1;
-        }
-        Ok(out)
+        self.list_dead_letters(from, limit).await
+    }
+
+    async fn dlq_counts(&self, limit: usize) -> Result<DlqCounts, QueueError> {
+        self.count_dead_letters(limit).await
     }
 
     async fn dlq_remove(&self, seq: u64) -> Result<(), QueueError> {
-        let stream = self
-            .js
-            .get_stream(&self.opts.dlq_stream)
-            .await
-            .map_err(nats_err)?;
-        match stream.delete_message(seq).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_no_message(&e.to_string()) => Err(QueueError::NotFound(seq)),
-            Err(e) => Err(nats_err(e)),
-        }
+        self.remove_dead_letter(seq).await
     }
 }
 

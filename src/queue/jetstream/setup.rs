@@ -176,11 +176,13 @@ impl JetStreamQueue {
                     "consumer configuration could not be updated; delete and recreate it to apply");
             }
         }
+        let stream_created = stream.cached_info().created.unix_timestamp_nanos();
         Ok(JetStreamQueue {
             client,
             js,
             consumer,
             opts,
+            stream_created,
         })
     }
 }

@@ -4,8 +4,9 @@
 //! Telemetry goes in with one `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT` per batch;
 //! migrations live in `migrate`, registry import/export in `registry`, and the decision
 //! "transient or the data's fault" in `error` alone. Every operation is bounded by the
-//! store's timeout, so a hung or unreachable database turns into
-//! [`StoreError::Unavailable`] instead of a stuck worker.
+//! store's timeout, so a hung or unreachable database turns into an error instead of a
+//! stuck worker (an unreachable one is [`StoreError::Unavailable`]; a statement past the
+//! timeout is cancelled and [`StoreError::Rejected`], which the worker resolves by pinging).
 
 mod error;
 mod migrate;
@@ -22,7 +23,7 @@ use uuid::Uuid;
 use self::error::{classify, classify_pool};
 use crate::config::PgConnect;
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
-use crate::store::{ErrorLogEntry, LatestValue, Row, Store, StoreError};
+use crate::store::{ErrorLogEntry, LatestValue, Refusal, Row, Store, StoreError};
 
 /// One statement for a whole batch: the columns travel as eight arrays and UNNEST zips them
 /// back into rows. A conflicting key takes the new values (last write wins) but keeps
@@ -138,9 +139,14 @@ impl PostgresStore {
                     tracing::debug!(error = %e, "cancel request failed");
                 }
                 drop(Object::take(client));
-                Err(StoreError::Unavailable(format!(
-                    "{what} did not finish within {:?}",
-                    self.timeout
+                // Not proven infrastructure: a huge batch may simply be slow. The worker
+                // pings; a hung database fails the ping too, a slow batch is bisected.
+                Err(StoreError::Rejected(Refusal::new(
+                    format!(
+                        "{what} did not finish within {:?} (DB_TIMEOUT); cancelled",
+                        self.timeout
+                    ),
+                    false,
                 )))
             }
         }
@@ -194,7 +200,7 @@ impl Store for PostgresStore {
             keys.push(r.parameter_key.as_str());
             values.push(r.value);
             qualities.push(r.quality);
-            sources.push(r.source.as_str());
+            sources.push(&*r.source);
             event_ids.push(r.event_id.as_str());
             attributes.push(&r.attributes);
         }

@@ -44,20 +44,33 @@ pub(super) async fn load(client: &Client) -> Result<RegistrySnapshot, StoreError
         devices: HashMap::with_capacity(devices.len()),
         parameters: HashSet::with_capacity(keys.len()),
     };
-    for row in &devices {
-        let info = DeviceInfo {
-            site_id: row.try_get(1).map_err(|e| classify(&e))?,
-            project_id: row.try_get(2).map_err(|e| classify(&e))?,
-            status: row.try_get(3).map_err(|e| classify(&e))?,
+    // One row the loader cannot read (a NULL status, a column of an unexpected type) is
+    // skipped with an error log: the device is then unknown, and only its events wait.
+    for (i, row) in devices.iter().enumerate() {
+        let read = || -> Result<(Uuid, DeviceInfo), tokio_postgres::Error> {
+            let info = DeviceInfo {
+                site_id: row.try_get(1)?,
+                project_id: row.try_get(2)?,
+                status: row.try_get(3)?,
+            };
+            Ok((row.try_get(0)?, info))
         };
-        snapshot
-            .devices
-            .insert(row.try_get(0).map_err(|e| classify(&e))?, info);
+        match read() {
+            Ok((id, info)) => {
+                snapshot.devices.insert(id, info);
+            }
+            Err(e) => tracing::error!(row = i, id = ?row.try_get::<_, Uuid>(0).ok(), error = %e,
+                "registry: skipping a device row that cannot be read"),
+        }
     }
-    for row in &keys {
-        snapshot
-            .parameters
-            .insert(row.try_get(0).map_err(|e| classify(&e))?);
+    for (i, row) in keys.iter().enumerate() {
+        match row.try_get::<_, String>(0) {
+            Ok(key) => {
+                snapshot.parameters.insert(key);
+            }
+            Err(e) => tracing::error!(row = i, error = %e,
+                "registry: skipping a parameter template row that cannot be read"),
+        }
     }
     Ok(snapshot)
 }

@@ -22,7 +22,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
 use uuid::Uuid;
 
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
-use crate::store::{ErrorLogEntry, LatestValue, Row, Store, StoreError};
+use crate::store::{ErrorLogEntry, LatestValue, Refusal, Row, Store, StoreError};
 
 /// The migrations, in order; entry `i` brings the file to `PRAGMA user_version = i + 1`.
 const MIGRATIONS: &[(&str, &str)] = &[(
@@ -164,24 +164,36 @@ fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Maps an SQLite error to the store's classes, in this one place: busy/locked are
-/// concurrency (transient); a full disk, I/O errors and unopenable files are the
-/// database being unavailable (transient); constraint violations and values SQLite
-/// refuses are the data's fault (permanent for those rows); anything else is `Other`.
+/// Maps an SQLite error to the store's classes, in this one place: busy/locked (another
+/// writer holds the file past the busy timeout), a full disk, I/O errors, unopenable or
+/// read-only files and out of memory are infrastructure; a value SQLite can never hold
+/// (type mismatch, too big, a parameter it cannot bind) is unstorable; a constraint is the
+/// data's as it is now (a foreign key may heal); anything else is unclear (`Other`), and
+/// the worker finds out by pinging and bisecting.
 pub(crate) fn classify(e: rusqlite::Error) -> StoreError {
     let text = e.to_string();
-    match e.sqlite_error_code() {
+    let code = e.sqlite_error_code();
+    let refusal = |never_storable| Refusal {
+        code: code.map(|c| format!("SQLite {c:?}")),
+        message: text.clone(),
+        never_storable,
+    };
+    match code {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Conflict(text),
-        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
-            StoreError::Unavailable(text)
-        }
-        Some(ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch) => {
-            StoreError::Data(text)
-        }
+        Some(
+            ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::OutOfMemory
+            | ErrorCode::PermissionDenied,
+        ) => StoreError::Unavailable(text),
+        Some(ErrorCode::TooBig | ErrorCode::TypeMismatch) => StoreError::Data(refusal(true)),
+        Some(ErrorCode::ConstraintViolation) => StoreError::Data(refusal(false)),
         Some(_) => StoreError::Other(text),
         None => match e {
             rusqlite::Error::ToSqlConversionFailure(_)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Data(text),
+            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Data(refusal(true)),
             _ => StoreError::Other(text),
         },
     }
@@ -192,7 +204,14 @@ fn prefix(e: StoreError, context: &str) -> StoreError {
     match e {
         StoreError::Unavailable(m) => StoreError::Unavailable(format!("{context}: {m}")),
         StoreError::Conflict(m) => StoreError::Conflict(format!("{context}: {m}")),
-        StoreError::Data(m) => StoreError::Data(format!("{context}: {m}")),
+        StoreError::Data(mut r) => {
+            r.message = format!("{context}: {}", r.message);
+            StoreError::Data(r)
+        }
+        StoreError::Rejected(mut r) => {
+            r.message = format!("{context}: {}", r.message);
+            StoreError::Rejected(r)
+        }
         StoreError::Invalid(m) => StoreError::Invalid(format!("{context}: {m}")),
         StoreError::Other(m) => StoreError::Other(format!("{context}: {m}")),
     }
@@ -224,23 +243,23 @@ struct RowParams {
     parameter_key: String,
     value: Option<f64>,
     quality: i16,
-    source: String,
+    source: Arc<str>,
     event_id: String,
     attributes: String,
 }
 
 impl RowParams {
-    fn new(row: Row) -> Result<Self, StoreError> {
+    fn new(row: &Row) -> Result<Self, StoreError> {
         Ok(RowParams {
             time: format_time(&row.time),
             device_id: row.device_id.to_string(),
             attributes: serde_json::to_string(&row.attributes)
-                .map_err(|e| StoreError::Data(format!("attributes: {e}")))?,
-            parameter_key: row.parameter_key,
+                .map_err(|e| StoreError::data(format!("attributes: {e}"), true))?,
+            parameter_key: row.parameter_key.clone(),
             value: row.value,
             quality: row.quality,
-            source: row.source,
-            event_id: row.event_id,
+            source: Arc::clone(&row.source),
+            event_id: row.event_id.clone(),
         })
     }
 }
@@ -300,13 +319,14 @@ impl Store for SqliteStore {
         if rows.is_empty() {
             return Ok(0);
         }
-        let rows = rows.to_vec();
+        // Formatted here, straight from the borrowed rows: the one copy the blocking task
+        // needs (no clone of the rows first), made before the lock so other workers'
+        // batches write meanwhile.
+        let rows = rows
+            .iter()
+            .map(RowParams::new)
+            .collect::<Result<Vec<_>, _>>()?;
         self.blocking(move |inner| {
-            // Formatting happens before the lock: other workers' batches write meanwhile.
-            let rows = rows
-                .into_iter()
-                .map(RowParams::new)
-                .collect::<Result<Vec<_>, _>>()?;
             let mut conn = lock(&inner.writer);
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -322,7 +342,7 @@ impl Store for SqliteStore {
                             r.parameter_key,
                             r.value,
                             r.quality,
-                            r.source,
+                            &*r.source,
                             r.event_id,
                             r.attributes
                         ])
@@ -355,7 +375,7 @@ impl Store for SqliteStore {
                 let now = format_time(&Utc::now());
                 for e in &entries {
                     let context = serde_json::to_string(&e.context)
-                        .map_err(|err| StoreError::Data(format!("context: {err}")))?;
+                        .map_err(|err| StoreError::data(format!("context: {err}"), true))?;
                     stmt.execute(params![now, e.source, e.level, e.message, context])
                         .map_err(classify)?;
                 }

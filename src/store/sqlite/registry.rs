@@ -20,26 +20,56 @@ use crate::store::StoreError;
 /// the two lists agree.
 pub(super) fn load(conn: &mut Connection) -> Result<RegistrySnapshot, StoreError> {
     let tx = conn.transaction().map_err(classify)?;
-    let devices: Vec<(String, String, String, String)> = collect(
+    // Each row is read on its own: one the loader cannot read (a NULL, a value of another
+    // type, an id that is not a UUID) is skipped with an error log instead of failing every
+    // load; the device is then unknown and only its events wait.
+    let devices = collect(
         &tx,
         "SELECT d.id, d.site_id, s.project_id, d.status \
          FROM devices d JOIN sites s ON s.id = d.site_id",
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok(device_row(r)),
     )?;
-    let keys: Vec<String> = collect(&tx, "SELECT key FROM parameter_templates", |r| r.get(0))?;
+    let keys = collect(&tx, "SELECT key FROM parameter_templates", |r| {
+        Ok(r.get::<_, String>(0).map_err(|e| e.to_string()))
+    })?;
     let mut snapshot = RegistrySnapshot::default();
-    for (id, site_id, project_id, status) in devices {
-        snapshot.devices.insert(
-            parse_uuid(&id)?,
-            DeviceInfo {
-                site_id: parse_uuid(&site_id)?,
-                project_id: parse_uuid(&project_id)?,
-                status,
-            },
-        );
+    for (i, row) in devices.into_iter().enumerate() {
+        match row {
+            Ok((id, info)) => {
+                snapshot.devices.insert(id, info);
+            }
+            Err(e) => tracing::error!(row = i, error = %e,
+                "registry: skipping a device row that cannot be read"),
+        }
     }
-    snapshot.parameters = keys.into_iter().collect();
+    for (i, key) in keys.into_iter().enumerate() {
+        match key {
+            Ok(key) => {
+                snapshot.parameters.insert(key);
+            }
+            Err(e) => tracing::error!(row = i, error = %e,
+                "registry: skipping a parameter template row that cannot be read"),
+        }
+    }
     Ok(snapshot)
+}
+
+/// One device row of the snapshot query, or why it cannot be read.
+fn device_row(r: &rusqlite::Row<'_>) -> Result<(Uuid, DeviceInfo), String> {
+    let text = |i: usize| {
+        r.get::<_, String>(i)
+            .map_err(|e| format!("column {i}: {e}"))
+    };
+    let uuid =
+        |i: usize| text(i).and_then(|s| parse_uuid(&s).map_err(|e| format!("column {i}: {e}")));
+    Ok((
+        uuid(0)?,
+        DeviceInfo {
+            site_id: uuid(1)?,
+            project_id: uuid(2)?,
+            status: text(3)?,
+        },
+    ))
 }
 
 /// Writes the document: inserts what is new, updates what exists, all or nothing.
@@ -331,7 +361,8 @@ fn dangling(table: &str, what: &str, parent: &str, id: Uuid) -> StoreError {
 /// keep their class.
 fn row_error(e: rusqlite::Error, table: &str, what: &str) -> StoreError {
     match classify(e) {
-        StoreError::Data(msg) => {
+        StoreError::Data(refusal) => {
+            let msg = refusal.message;
             let detail = match msg.strip_prefix("UNIQUE constraint failed: ") {
                 Some(cols) => {
                     let cols: Vec<&str> = cols

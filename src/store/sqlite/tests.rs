@@ -408,6 +408,45 @@ fn sqlite_errors_are_classified() {
     assert!(!classify(err(ffi::SQLITE_CONSTRAINT_FOREIGNKEY)).is_transient());
 }
 
+/// The worker's classes: busy, locked, I/O, full, unopenable, read-only are the
+/// infrastructure's; a type mismatch or a value too big can never be stored; a constraint
+/// and anything else (corrupt, schema, unknown) are unclear, so the worker pings and
+/// bisects.
+#[test]
+fn sqlite_errors_map_to_the_worker_classes() {
+    use crate::store::Failure;
+    use rusqlite::ffi;
+    let class =
+        |code| classify(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)).failure();
+    for code in [
+        ffi::SQLITE_BUSY,
+        ffi::SQLITE_LOCKED,
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_FULL,
+        ffi::SQLITE_CANTOPEN,
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_NOMEM,
+        ffi::SQLITE_PERM,
+    ] {
+        assert_eq!(class(code), Failure::Infrastructure, "{code}");
+    }
+    for code in [ffi::SQLITE_MISMATCH, ffi::SQLITE_TOOBIG] {
+        assert_eq!(class(code), Failure::Unstorable, "{code}");
+    }
+    for code in [
+        ffi::SQLITE_CONSTRAINT_FOREIGNKEY,
+        ffi::SQLITE_CONSTRAINT_TRIGGER,
+        ffi::SQLITE_CORRUPT,
+        ffi::SQLITE_ERROR,
+        ffi::SQLITE_SCHEMA,
+        ffi::SQLITE_INTERNAL,
+    ] {
+        assert_eq!(class(code), Failure::Unclear, "{code}");
+    }
+    let unbindable = rusqlite::Error::ToSqlConversionFailure("no".into());
+    assert_eq!(classify(unbindable).failure(), Failure::Unstorable);
+}
+
 /// A file that is not a database is an error naming it, not a panic.
 #[test]
 fn a_corrupt_file_is_an_error() -> TestResult {
