@@ -98,6 +98,7 @@ impl Settings {
         let w = &self.worker;
         positive("WORKER_POOL_SIZE", w.worker_pool_size as u64)?;
         positive("WORKER_BATCH_SIZE", w.worker_batch_size as u64)?;
+        positive("WORKER_BATCH_MAX_BYTES", w.worker_batch_max_bytes as u64)?;
         // The consumer's max_ack_pending is derived from pool × batch × 8 (an i64).
         let in_hand = w
             .worker_pool_size
@@ -297,6 +298,7 @@ mod tests {
         for (flag, name) in [
             ("--ingest-max-body-bytes", "INGEST_MAX_BODY_BYTES"),
             ("--worker-batch-size", "WORKER_BATCH_SIZE"),
+            ("--worker-batch-max-bytes", "WORKER_BATCH_MAX_BYTES"),
             ("--worker-pool-size", "WORKER_POOL_SIZE"),
             ("--worker-max-retries", "WORKER_MAX_RETRIES"),
             ("--worker-ack-wait", "WORKER_ACK_WAIT"),
