@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nsready::app::Role;
 use nsready::registry::demo_ids;
 
-use crate::support::app::{Kind, TestEnv, metric, wait_until};
+use crate::support::app::{Kind, TestEnv, metric, wait_ready, wait_until};
 use crate::support::servers::free_port;
 use crate::support::{Load, Proc, event, event_for, landed, signal};
 
@@ -32,19 +32,6 @@ fn spawn(env: &TestEnv, role: &str, extra: &[&str]) -> (Proc, String) {
         .spawn()
         .expect("spawn nsready");
     (Proc(child), format!("http://127.0.0.1:{port}"))
-}
-
-async fn wait_ready(base: &str) {
-    let url = format!("{base}/v1/ready");
-    wait_until("the process is ready", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
-        }
-    })
-    .await;
 }
 
 /// Waits until the queue is empty, then checks every accepted event of the first demo

@@ -302,15 +302,7 @@ async fn a_full_disk_gives_503_and_loses_nothing() {
             .expect("spawn"),
     );
     let base = format!("http://127.0.0.1:{port}");
-    wait_until("ready", Duration::from_secs(30), || {
-        let url = format!("{base}/v1/ready");
-        async move {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
-    .await;
+    crate::support::app::wait_ready(&base).await;
     let http = reqwest::Client::new();
     let mut accepted = 0u64;
     let mut saw_503 = false;

@@ -15,17 +15,7 @@ use crate::support::event;
 use crate::support::servers::free_port;
 
 async fn wait_ready(port: u16) {
-    let http = reqwest::Client::new();
-    wait_until("the process is ready", Duration::from_secs(30), || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://127.0.0.1:{port}/v1/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
-    .await;
+    crate::support::app::wait_ready(&format!("http://127.0.0.1:{port}")).await;
 }
 
 /// A process killed after its commit and before its acks: the batch is redelivered, and

@@ -112,6 +112,32 @@ async fn assert_alive(app: &RunningApp) {
     assert_eq!(h["service"], "ok", "{h}");
 }
 
+/// POSTs `event(n)` for n = 0, 1, … (pausing 50 ms between) until one is answered 503;
+/// every earlier answer must be 200. Returns how many were served, and the 503's headers
+/// and body.
+async fn post_until_503(
+    app: &RunningApp,
+    mut event: impl FnMut(u64) -> Value,
+) -> (u64, reqwest::header::HeaderMap, Value) {
+    let started = Instant::now();
+    for n in 0.. {
+        let (status, headers, body) = app
+            .post_full(
+                "/v1/ingest",
+                "application/json",
+                event(n).to_string().into_bytes(),
+            )
+            .await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return (n, headers, body);
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(started.elapsed() < BOUND, "never answered 503");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unreachable!("the loop only ends by returning")
+}
+
 /// A client stalled half-way through a body does not keep the real binary alive past
 /// SHUTDOWN_TIMEOUT: SIGTERM, and the process exits 0 (the drain was cut at the deadline;
 /// the log says so). An event accepted before the signal lands.
@@ -306,25 +332,7 @@ async fn over_the_inflight_cap_ingest_gets_503_with_retry_after(kind: Kind) {
     }
     // The stalled requests reach their handlers within moments; until then a request may
     // still be served (and counted).
-    let started = Instant::now();
-    let mut served = 0;
-    let (headers, body) = loop {
-        let ev = one(100 + served);
-        let (status, headers, body) = app
-            .post_full(
-                "/v1/ingest",
-                "application/json",
-                ev.to_string().into_bytes(),
-            )
-            .await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            break (headers, body);
-        }
-        assert_eq!(status, StatusCode::OK, "{body}");
-        served += 1;
-        assert!(started.elapsed() < BOUND, "the cap is never reached");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (served, headers, body) = post_until_503(&app, |n| one(100 + n as i64)).await;
     assert!(headers.get("retry-after").is_some(), "{headers:?}");
     assert!(
         body["detail"]
@@ -339,7 +347,7 @@ async fn over_the_inflight_cap_ingest_gets_503_with_retry_after(kind: Kind) {
         app.post_event(&one(0)).await.0 == StatusCode::OK
     })
     .await;
-    assert_landed(&env, 1 + served as u64).await;
+    assert_landed(&env, 1 + served).await;
     assert_alive(&app).await;
     app.stop().await;
 }
@@ -381,24 +389,12 @@ async fn over_the_body_byte_budget_ingest_gets_503_with_retry_after(kind: Kind) 
     }
     let mut big = one(1);
     big["metadata"] = json!({"pad": "p".repeat(7_000)});
-    let started = Instant::now();
-    let (headers, body) = loop {
-        let (status, headers, body) = app
-            .post_full(
-                "/v1/ingest",
-                "application/json",
-                big.to_string().into_bytes(),
-            )
-            .await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            break (headers, body);
-        }
-        // The stalled bodies may not all have arrived yet.
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert!(started.elapsed() < BOUND, "the budget is never reached");
-        big["metadata"]["n"] = json!(started.elapsed().as_nanos().to_string());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The stalled bodies may not all have arrived yet: until then the big one is served.
+    let (_, headers, body) = post_until_503(&app, |n| {
+        big["metadata"]["n"] = json!(n);
+        big.clone()
+    })
+    .await;
     assert!(headers.get("retry-after").is_some(), "{headers:?}");
     assert!(
         body["detail"]

@@ -99,15 +99,7 @@ async fn peak_memory_is_bounded_by_the_limits(kind: Kind) {
     );
     let pid = child.0.id();
     let base = format!("http://127.0.0.1:{port}");
-    wait_until("serve is ready", Duration::from_secs(30), || {
-        let url = format!("{base}/v1/ready");
-        async move {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        }
-    })
-    .await;
+    crate::support::app::wait_ready(&base).await;
     let (_, baseline) = memory(pid);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))

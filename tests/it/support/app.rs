@@ -595,6 +595,20 @@ impl Drop for RunningApp {
     }
 }
 
+/// Waits until the process at `base` (`http://127.0.0.1:PORT`) answers `/v1/ready` with 200.
+pub async fn wait_ready(base: &str) {
+    let url = format!("{base}/v1/ready");
+    wait_until("the process is ready", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+}
+
 /// Polls `cond` every 50 ms until it holds; panics with `what` after `deadline`.
 pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where
