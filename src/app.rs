@@ -353,6 +353,54 @@ pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T:
     }
 }
 
+/// Where the configured store lives, for messages: the embedded file's path, or the
+/// PostgreSQL database and host (never a password).
+///
+/// # Errors
+/// The configuration is invalid.
+pub fn store_location(settings: &Settings) -> Result<String, AppError> {
+    Ok(match settings.deployment()? {
+        Deployment::Embedded { data_dir } => {
+            let file = data_dir.join(STORE_FILE);
+            let file = std::path::absolute(&file).unwrap_or(file);
+            format!("{}", file.display())
+        }
+        Deployment::ScaleOut { pg, .. } => {
+            let db = pg.config.get_dbname().unwrap_or("postgres");
+            let host = match pg.config.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+                None => "localhost".into(),
+            };
+            format!("PostgreSQL database {db} on {host}")
+        }
+    })
+}
+
+/// As [`with_store`], for commands that only read: in embedded mode a `DATA_DIR` without a
+/// store file is refused with its path (instead of creating an empty store there and
+/// reporting "nothing").
+///
+/// # Errors
+/// As [`with_store`], and `Refused` when the embedded store does not exist.
+pub async fn with_existing_store<T: StoreTask>(
+    settings: &Settings,
+    task: T,
+) -> Result<T::Output, AppError> {
+    settings.validate()?;
+    if let Deployment::Embedded { data_dir } = settings.deployment()? {
+        let file = data_dir.join(STORE_FILE);
+        if !file.exists() {
+            return Err(AppError::Refused(format!(
+                "no nsready store at {} (set DATA_DIR, or --data-dir, to the directory \
+                 `nsready serve` uses)",
+                std::path::absolute(&file).unwrap_or(file).display()
+            )));
+        }
+    }
+    with_store(settings, task).await
+}
+
 /// Opens the configured queue and store (without provisioning workers) and runs `task`.
 ///
 /// # Errors
@@ -364,6 +412,18 @@ pub async fn with_deployment<T: DeploymentTask>(
     settings.validate()?;
     match settings.deployment()? {
         Deployment::Embedded { data_dir } => {
+            // Every caller (the `dlq` commands) works on dead letters that exist: a DATA_DIR
+            // without a queue file is a wrong directory, not an empty one to create.
+            let queue_file = data_dir.join(QUEUE_FILE);
+            if !queue_file.exists() {
+                return Err(AppError::Refused(format!(
+                    "no nsready queue at {} (set DATA_DIR, or --data-dir, to the directory \
+                     `nsready serve` uses)",
+                    std::path::absolute(&queue_file)
+                        .unwrap_or(queue_file)
+                        .display()
+                )));
+            }
             let lock = DataDirLock::acquire(&data_dir).map_err(|e| {
                 AppError::Refused(format!("{e}; stop `nsready serve` first for this command"))
             })?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use nsready::app::{AppError, StoreTask, with_store};
+use nsready::app::{AppError, StoreTask, store_location, with_existing_store, with_store};
 use nsready::config::Settings;
 use nsready::registry::{ImportReport, RegistryDoc, demo};
 use nsready::store::Store;
@@ -103,7 +103,7 @@ pub async fn run(s: &Settings, cmd: RegistryCommand) -> anyhow::Result<ExitCode>
             print_report(&r);
         }
         RegistryCommand::Export { file } => {
-            let doc = with_store(s, Export).await?;
+            let doc = with_existing_store(s, Export).await?;
             let text = serde_json::to_string_pretty(&doc)?;
             match file {
                 Some(f) => std::fs::write(&f, text + "\n")
@@ -112,7 +112,7 @@ pub async fn run(s: &Settings, cmd: RegistryCommand) -> anyhow::Result<ExitCode>
             }
         }
         RegistryCommand::List { json } => {
-            let doc = with_store(s, Export).await?;
+            let doc = with_existing_store(s, Export).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -165,7 +165,7 @@ pub async fn latest(
     device: Option<uuid::Uuid>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let rows = with_store(s, Latest(device)).await?;
+    let rows = with_existing_store(s, Latest(device)).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -188,7 +188,7 @@ pub async fn latest(
             );
         }
         if rows.is_empty() {
-            println!("(no rows yet)");
+            println!("(no rows yet in {})", store_location(s)?);
         }
     }
     Ok(ExitCode::SUCCESS)

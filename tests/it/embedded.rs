@@ -361,3 +361,34 @@ async fn a_full_disk_gives_503_and_loses_nothing() {
         "accepted = rows + queued + dead letters (health was {h})"
     );
 }
+
+/// Commands that only read (`latest`, `registry list`, `registry export`, `dlq list`) do not
+/// create a DATA_DIR that does not exist: they say which directory they looked in.
+#[test]
+fn read_only_commands_do_not_create_a_data_dir() {
+    let env = TestEnv::new(Kind::Embedded);
+    let missing = env.dir.path().join("elsewhere");
+    let dir = missing.display().to_string();
+    for args in [
+        vec!["latest"],
+        vec!["registry", "list"],
+        vec!["registry", "export"],
+        vec!["dlq", "list"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--data-dir", dir.as_str()]);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nsready"))
+            .args(&all)
+            .env_remove("DATA_DIR")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains("no nsready"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&dir),
+            "{args:?} names the directory: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created {dir}");
+    }
+}
