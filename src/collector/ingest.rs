@@ -148,8 +148,16 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
     }
     app.metrics.events(EventStatus::Queued, accepted as u64);
     let not_queued = results.len() - accepted;
+    // Nothing valid: 400 with status "rejected", so a client that only looks at the HTTP
+    // status learns that nothing was queued (and that retrying the same body cannot help).
+    let all_rejected = accepted == 0 && unavailable.is_none();
+    let status = match (&unavailable, all_rejected) {
+        (Some(_), _) => "partial",
+        (None, true) => "rejected",
+        (None, false) => "queued",
+    };
     let body = json!({
-        "status": if unavailable.is_some() { "partial" } else { "queued" },
+        "status": status,
         "accepted": accepted,
         "rejected": not_queued,
         "results": results,
@@ -161,7 +169,12 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
             .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
         return Ok(resp);
     }
-    Ok((StatusCode::OK, Json(body)).into_response())
+    let code = if all_rejected {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(body)).into_response())
 }
 
 /// The queue message for one event, and its trace id.

@@ -311,10 +311,12 @@ async fn the_error_report_of_a_batch_is_bounded(kind: Kind) {
         .send()
         .await
         .expect("sent");
-    assert_eq!(resp.status(), StatusCode::OK);
+    // Nothing valid: 400, status "rejected" (nothing was queued).
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let text = resp.text().await.expect("body");
     assert!(text.len() < 3 << 20, "report of {} bytes", text.len());
     let report: Value = serde_json::from_str(&text).expect("JSON report");
+    assert_eq!(report["status"], "rejected");
     assert_eq!(report["accepted"], 0);
     assert_eq!(report["rejected"], 10_000);
     let results = report["results"].as_array().expect("results");

@@ -160,7 +160,7 @@ async fn peak_memory_is_bounded_by_the_limits(kind: Kind) {
         true,
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(report["rejected"], 10_000);
 
     // Everything accepted lands (one row per event: its metrics share one key).
