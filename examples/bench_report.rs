@@ -52,7 +52,7 @@ fn group(x: f64) -> String {
         out.push('-');
     }
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -103,10 +103,10 @@ fn rss_samples(dir: &Path) -> BTreeMap<String, Vec<(u64, u64)>> {
     let text = std::fs::read_to_string(dir.join("rss.log")).unwrap_or_default();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if let [t, label, _pid, kb] = f[..] {
-            if let (Ok(t), Ok(kb)) = (t.parse(), kb.parse()) {
-                out.entry(label.to_string()).or_default().push((t, kb));
-            }
+        if let [t, label, _pid, kb] = f[..]
+            && let (Ok(t), Ok(kb)) = (t.parse(), kb.parse())
+        {
+            out.entry(label.to_string()).or_default().push((t, kb));
         }
     }
     out

@@ -111,25 +111,26 @@ impl Filter {
         if !self.seqs.is_empty() && !self.seqs.contains(&d.seq) {
             return false;
         }
-        if let Some(r) = &self.reason {
-            if !d.error_type.contains(r.as_str()) && !d.reason.contains(r.as_str()) {
-                return false;
-            }
+        if let Some(r) = &self.reason
+            && !d.error_type.contains(r.as_str())
+            && !d.reason.contains(r.as_str())
+        {
+            return false;
         }
-        if let Some(dev) = &self.device {
-            if device_of(&d.payload).as_deref() != Some(dev.as_str()) {
-                return false;
-            }
+        if let Some(dev) = &self.device
+            && device_of(&d.payload).as_deref() != Some(dev.as_str())
+        {
+            return false;
         }
-        if let Some(since) = self.since {
-            if d.time.is_none_or(|t| t < since) {
-                return false;
-            }
+        if let Some(since) = self.since
+            && d.time.is_none_or(|t| t < since)
+        {
+            return false;
         }
-        if let Some(until) = self.until {
-            if d.time.is_none_or(|t| t >= until) {
-                return false;
-            }
+        if let Some(until) = self.until
+            && d.time.is_none_or(|t| t >= until)
+        {
+            return false;
         }
         true
     }

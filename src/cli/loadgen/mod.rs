@@ -431,11 +431,10 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
             if let Some(r) = scrape(&probe, &metrics_urls)
                 .await
                 .and_then(|s| s.rows_total)
+                && Some(r) != last_rows
             {
-                if Some(r) != last_rows {
-                    last_rows = Some(r);
-                    last_change = now;
-                }
+                last_rows = Some(r);
+                last_change = now;
             }
             let trusted = now.duration_since(load_end) >= HEALTH_MAX_AGE;
             if trusted && queue_depth(&probe, &base).await == Some(0) {

@@ -82,7 +82,7 @@ pub(super) fn open(path: &Path) -> Result<Connection, QueueError> {
     // SQLite silently opens a write-protected file read-only; say so now rather than at the
     // first publish.
     if conn
-        .is_readonly(rusqlite::DatabaseName::Main)
+        .is_readonly(rusqlite::MAIN_DB)
         .map_err(|e| setup(&describe(&e)))?
     {
         return Err(setup("is read-only; the queue needs write access"));

@@ -110,20 +110,20 @@ impl NatsServer {
     /// Graceful stop: SIGTERM, then waits; SIGKILL after 5 s. No-op when not running.
     pub fn stop(&self) {
         let mut guard = lock(&self.child);
-        if let Some(child) = running_child(&mut guard) {
-            if let Err(e) = terminate(child, libc::SIGTERM, NATS_STOP_GRACE) {
-                panic!("stopping nats-server: {e}\n{}", self.log_for_panic());
-            }
+        if let Some(child) = running_child(&mut guard)
+            && let Err(e) = terminate(child, libc::SIGTERM, NATS_STOP_GRACE)
+        {
+            panic!("stopping nats-server: {e}\n{}", self.log_for_panic());
         }
     }
 
     /// Abrupt stop: SIGKILL, then waits for the process to be gone. No-op when not running.
     pub fn kill(&self) {
         let mut guard = lock(&self.child);
-        if let Some(child) = running_child(&mut guard) {
-            if let Err(e) = kill_and_reap(child) {
-                panic!("killing nats-server: {e}\n{}", self.log_for_panic());
-            }
+        if let Some(child) = running_child(&mut guard)
+            && let Err(e) = kill_and_reap(child)
+        {
+            panic!("killing nats-server: {e}\n{}", self.log_for_panic());
         }
     }
 

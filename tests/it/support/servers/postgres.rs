@@ -161,12 +161,11 @@ impl Postgres {
     /// 10 s, kills the server as [`Postgres::kill`] does. No-op when not running.
     pub fn stop(&self) {
         let mut guard = lock(&self.child);
-        if let Some(child) = running_child(&mut guard) {
-            if let Err(e) = signal_and_wait(child, libc::SIGINT, PG_STOP_GRACE)
+        if let Some(child) = running_child(&mut guard)
+            && let Err(e) = signal_and_wait(child, libc::SIGINT, PG_STOP_GRACE)
                 .and_then(|stopped| if stopped { Ok(()) } else { kill_cluster(child) })
-            {
-                panic!("stopping postgres: {e}\n{}", self.log_for_panic());
-            }
+        {
+            panic!("stopping postgres: {e}\n{}", self.log_for_panic());
         }
     }
 
@@ -178,10 +177,10 @@ impl Postgres {
     /// more), so open connections fail at once and nothing keeps writing to the data dir.
     pub fn kill(&self) {
         let mut guard = lock(&self.child);
-        if let Some(child) = running_child(&mut guard) {
-            if let Err(e) = kill_cluster(child) {
-                panic!("killing postgres: {e}\n{}", self.log_for_panic());
-            }
+        if let Some(child) = running_child(&mut guard)
+            && let Err(e) = kill_cluster(child)
+        {
+            panic!("killing postgres: {e}\n{}", self.log_for_panic());
         }
     }
 
