@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, context::Publish, stream};
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use clap::Parser;
@@ -287,7 +287,7 @@ async fn publish(js: &jetstream::Context, n: usize, window: usize, offset: usize
     let mut acks = FuturesUnordered::new();
     for i in offset..offset + n {
         let (id, payload) = envelope(i);
-        let p = Publish::build()
+        let p = PublishMessage::build()
             .payload(payload)
             .message_id(id)
             .header("Nsready-Trace-Id", "bench");

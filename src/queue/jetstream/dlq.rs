@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, context::Publish, stream};
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use chrono::Utc;
 use futures::StreamExt;
 
@@ -83,7 +83,7 @@ impl JetStreamQueue {
                 "dead letter payload truncated to fit max_payload"
             );
         }
-        let publish = Publish::build()
+        let publish = PublishMessage::build()
             .payload(payload)
             .headers(headers)
             // Idempotent: a retry after a crash between publish and ack is stored once.

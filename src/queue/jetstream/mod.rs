@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer, context::Publish};
+use async_nats::jetstream::{self, AckKind, consumer, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::join_all;
@@ -121,8 +121,8 @@ impl JetStreamQueue {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    fn outgoing_publish(&self, msg: Outgoing) -> Publish {
-        Publish::build()
+    fn outgoing_publish(&self, msg: Outgoing) -> PublishMessage {
+        PublishMessage::build()
             .payload(msg.payload)
             .message_id(&msg.msg_id)
             .header(TRACE_ID, msg.trace_id.as_str())
