@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+mod tools;
 mod validate;
+
+pub use tools::{ServiceUrl, StatusThresholds};
 
 /// Errors in the configuration; each names the variable to set or fix.
 #[derive(Debug, thiserror::Error)]

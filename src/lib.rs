@@ -15,6 +15,9 @@
 //! - [`shutdown`]: the shutdown handle passed to every long-running task.
 //! - [`telemetry`]: logging setup.
 
+// No unwrap() on anything input or the network can break: tests may, the service may not.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod app;
 pub mod collector;
 pub mod config;

@@ -1,5 +1,8 @@
 //! The `nsready` binary: parse the command line, set up logging, run the command.
 
+// No unwrap() on anything input or the network can break: tests may, the service may not.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -14,26 +14,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use nsready::config::Settings;
+use nsready::config::{ServiceUrl, Settings, StatusThresholds};
 use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Base URL of the service; defaults to http://127.0.0.1:SERVICE_PORT.
-    #[arg(long, env = "NSREADY_URL")]
-    url: Option<String>,
-    /// Queue depth that is a warning.
-    #[arg(long, env = "QUEUE_DEPTH_WARN", default_value_t = 1_000)]
-    warn_depth: u64,
-    /// Queue depth that is critical.
-    #[arg(long, env = "QUEUE_DEPTH_CRIT", default_value_t = 5_000)]
-    crit_depth: u64,
-    /// DLQ depth that is a warning (0 turns the DLQ check off).
-    #[arg(long, env = "DLQ_DEPTH_WARN", default_value_t = 1)]
-    warn_dlq: u64,
-    /// DLQ depth that is critical (0: never).
-    #[arg(long, env = "DLQ_DEPTH_CRIT", default_value_t = 0)]
-    crit_dlq: u64,
+    #[command(flatten)]
+    service: ServiceUrl,
+    #[command(flatten)]
+    thresholds: StatusThresholds,
     /// Print the verdict, exit code, notes and the health document as JSON.
     #[arg(long)]
     json: bool,
@@ -75,20 +64,26 @@ fn judge(health: &Value, args: &StatusArgs) -> (u8, Vec<String>) {
             notes.push(r.to_string());
         }
     }
-    if depth >= args.crit_depth {
+    if depth >= args.thresholds.crit_depth {
         level = 2;
-        notes.push(format!("queue depth {depth} ≥ {}", args.crit_depth));
-    } else if depth >= args.warn_depth {
+        notes.push(format!(
+            "queue depth {depth} ≥ {}",
+            args.thresholds.crit_depth
+        ));
+    } else if depth >= args.thresholds.warn_depth {
         level = level.max(1);
-        notes.push(format!("queue depth {depth} ≥ {}", args.warn_depth));
+        notes.push(format!(
+            "queue depth {depth} ≥ {}",
+            args.thresholds.warn_depth
+        ));
     }
-    if args.crit_dlq > 0 && dlq >= args.crit_dlq {
+    if args.thresholds.crit_dlq > 0 && dlq >= args.thresholds.crit_dlq {
         level = 2;
         notes.push(format!(
             "{dlq} dead letters ≥ {} (nsready dlq list)",
-            args.crit_dlq
+            args.thresholds.crit_dlq
         ));
-    } else if args.warn_dlq > 0 && dlq >= args.warn_dlq {
+    } else if args.thresholds.warn_dlq > 0 && dlq >= args.thresholds.warn_dlq {
         level = level.max(1);
         notes.push(format!("{dlq} dead letters (nsready dlq list)"));
     }
@@ -135,11 +130,7 @@ fn print_text(base: &str, health: &Value, verdict: &str, notes: &[String]) {
 
 /// Runs `status`.
 pub async fn run(s: &Settings, args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let base = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}", s.http.service_port));
-    let base = base.trim_end_matches('/').to_string();
+    let base = args.service.base(&s.http);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
@@ -175,11 +166,8 @@ mod tests {
 
     fn args() -> StatusArgs {
         StatusArgs {
-            url: None,
-            warn_depth: 1_000,
-            crit_depth: 5_000,
-            warn_dlq: 1,
-            crit_dlq: 0,
+            service: ServiceUrl::default(),
+            thresholds: StatusThresholds::default(),
             json: false,
         }
     }
@@ -195,9 +183,9 @@ mod tests {
         h["dlq_depth"] = json!(2);
         assert_eq!(judge(&h, &args()).0, 1);
         let mut a = args();
-        a.warn_dlq = 0;
+        a.thresholds.warn_dlq = 0;
         assert_eq!(judge(&h, &a).0, 0, "DLQ check off");
-        a.crit_dlq = 2;
+        a.thresholds.crit_dlq = 2;
         assert_eq!(judge(&h, &a).0, 2);
         let mut h = healthy();
         h["queue_depth"] = json!(1_000);

@@ -24,12 +24,28 @@ use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
 use crate::metrics::{ErrorType, EventStatus};
 use crate::queue::{Outgoing, Queue, QueueError};
 use crate::store::Store;
+use tracing::Instrument;
 
-/// One event: 200 `{"status":"queued","trace_id":..}` once the queue holds it.
+/// One event: 200 `{"status":"queued","trace_id":..}` once the queue holds it. Runs in a
+/// `collector.ingest{trace_id}` span, so every log line of the request carries the id the
+/// client gets back.
 pub async fn ingest<Q: Queue, S: Store>(
     State(app): State<Arc<Collector<Q, S>>>,
     headers: HeaderMap,
     body: Body,
+) -> Result<Response, ApiError> {
+    let trace_id = Uuid::new_v4().to_string();
+    let span = tracing::info_span!("collector.ingest", trace_id = %trace_id);
+    ingest_one(app, headers, body, trace_id)
+        .instrument(span)
+        .await
+}
+
+async fn ingest_one<Q: Queue, S: Store>(
+    app: Arc<Collector<Q, S>>,
+    headers: HeaderMap,
+    body: Body,
+    trace_id: String,
 ) -> Result<Response, ApiError> {
     app.authorize(&headers)?;
     match media_type(&headers).as_deref() {
@@ -44,9 +60,14 @@ pub async fn ingest<Q: Queue, S: Store>(
         app.metrics.error(ErrorType::ValidationError, 1);
         ApiError::Invalid(r)
     })?;
-    let (trace_id, msg) = outgoing(&event);
+    let msg = outgoing(&event, trace_id.clone());
     let started = Instant::now();
-    app.queue.publish(msg).await?;
+    let published = app.queue.publish(msg).await?;
+    tracing::debug!(
+        seq = published.seq,
+        duplicate = published.duplicate,
+        "event queued"
+    );
     app.metrics.publish_seconds(started.elapsed().as_secs_f64());
     app.metrics.events(EventStatus::Queued, 1);
     // `status` first, compact, one line (DESIGN.md §4).
@@ -67,9 +88,19 @@ pub const MAX_DETAILED_REJECTIONS: usize = 100;
 /// Errors listed per detailed batch item (the `detail` counts the rest).
 pub const MAX_ERRORS_PER_ITEM: usize = 10;
 
-/// Many events: valid ones queued, invalid ones reported with their index.
+/// Many events: valid ones queued, invalid ones reported with their index (in a
+/// `collector.ingest_batch` span; each item's trace id is in the answer).
 pub async fn ingest_batch<Q: Queue, S: Store>(
     State(app): State<Arc<Collector<Q, S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let span = tracing::info_span!("collector.ingest_batch");
+    ingest_many(app, headers, body).instrument(span).await
+}
+
+async fn ingest_many<Q: Queue, S: Store>(
+    app: Arc<Collector<Q, S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -96,7 +127,8 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
     let mut rejected = 0usize;
     crate::event::parse_batch_each(&bytes, format, rules, &mut |index, item| match item {
         Ok(event) => {
-            let (trace_id, msg) = outgoing(&event);
+            let trace_id = Uuid::new_v4().to_string();
+            let msg = outgoing(&event, trace_id.clone());
             slots.push((index, trace_id));
             to_publish.push(msg);
             results.push(Value::Null);
@@ -178,16 +210,14 @@ pub async fn ingest_batch<Q: Queue, S: Store>(
 }
 
 /// The queue message for one event, and its trace id.
-fn outgoing(event: &NormalizedEvent) -> (String, Outgoing) {
-    let trace_id = Uuid::new_v4().to_string();
+fn outgoing(event: &NormalizedEvent, trace_id: String) -> Outgoing {
     // Identical content gives the same id: a client retry inside the duplicate window is
     // stored once.
     let (payload, msg_id) = envelope::encode_with_id(&trace_id, event);
     let payload = Bytes::from(payload);
-    let msg = Outgoing {
+    Outgoing {
         msg_id,
-        trace_id: trace_id.clone(),
+        trace_id,
         payload,
-    };
-    (trace_id, msg)
+    }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use tracing::Instrument;
 
 use crate::config::WorkerArgs;
 use crate::event::TimeWindow;
@@ -275,14 +276,23 @@ async fn run<Q: Queue, S: Store>(id: usize, ctx: Ctx<Q, S>, shutdown: Shutdown) 
             continue;
         }
         let n = batch.len();
-        match process::process_batch(&ctx, batch).await {
+        let span = tracing::info_span!(
+            "worker.batch",
+            worker = id,
+            messages = n,
+            rows = tracing::field::Empty
+        );
+        let result = process::process_batch(&ctx, batch)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| match result {
             BatchResult::Settled { committed } => {
-                tracing::debug!(worker = id, messages = n, committed, "batch settled");
+                tracing::debug!(committed, "batch settled");
             }
             BatchResult::StoreDown => {
                 ctx.state.store_down.store(true, Ordering::Relaxed);
             }
-        }
+        });
     }
     tracing::debug!(worker = id, "worker stopped");
 }

@@ -30,8 +30,13 @@ pub(super) async fn write_rows<Q: Queue, S: Store>(
         return false;
     }
     let mut stack = vec![pending];
+    let mut first = true;
     while let Some(group) = stack.pop() {
         let rows = build_rows(group.iter().filter_map(|&i| items[i].decoded.as_ref()));
+        if std::mem::take(&mut first) {
+            // The rows of every message still undecided: the batch's `worker.batch` span.
+            tracing::Span::current().record("rows", rows.len());
+        }
         let started = Instant::now();
         let result = write_keeping_alive(ctx, &rows, items).await;
         drop(rows);

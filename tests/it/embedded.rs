@@ -392,3 +392,63 @@ fn read_only_commands_do_not_create_a_data_dir() {
         assert!(!missing.exists(), "{args:?} created {dir}");
     }
 }
+
+/// Log lines carry the request's trace id through the `collector.ingest` span, and the
+/// worker's lines the `worker.batch` span with its message count (JSON logs of the binary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_the_trace_id_and_the_batch_spans() {
+    let env = TestEnv::new(Kind::Embedded);
+    env.import_demo().await;
+    let port = free_port().to_string();
+    let child = env
+        .command(
+            "serve",
+            &[
+                "--service-port",
+                &port,
+                "--log-format",
+                "json",
+                "--log-level",
+                "nsready=debug",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let base = format!("http://127.0.0.1:{port}");
+    crate::support::app::wait_ready(&base).await;
+    let resp: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/v1/ingest"))
+        .json(&crate::support::event(0, &[("voltage", 1.0)]))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let trace_id = resp["trace_id"].as_str().expect("trace id").to_string();
+    wait_until("the row lands", Duration::from_secs(30), || async {
+        env.row_count().await == 1
+    })
+    .await;
+    crate::support::signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().expect("serve exits");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let queued = lines
+        .iter()
+        .find(|l| l["message"] == "event queued")
+        .expect("an `event queued` line");
+    assert_eq!(queued["span"]["name"], "collector.ingest", "{queued}");
+    assert_eq!(queued["span"]["trace_id"], trace_id.as_str(), "{queued}");
+    let settled = lines
+        .iter()
+        .find(|l| l["message"] == "batch settled")
+        .expect("a `batch settled` line");
+    assert_eq!(settled["span"]["name"], "worker.batch", "{settled}");
+    assert_eq!(settled["span"]["messages"], 1, "{settled}");
+    assert_eq!(settled["span"]["rows"], 1, "{settled}");
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use nsready::app::{AppError, StoreTask, with_store};
-use nsready::config::{Settings, parse_duration};
+use nsready::config::{ServiceUrl, Settings, parse_duration};
 use nsready::registry::RegistryDoc;
 use nsready::store::Store;
 use serde::Deserialize;
@@ -39,10 +39,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug)]
 pub struct LoadgenArgs {
-    /// Base URL of the running nsready (serve or collector); defaults to
-    /// http://127.0.0.1:SERVICE_PORT.
-    #[arg(long, env = "NSREADY_URL")]
-    url: Option<String>,
+    /// The running nsready (serve or collector) to load.
+    #[command(flatten)]
+    service: ServiceUrl,
     /// Base URL whose /metrics holds the workers' histograms (repeat once per worker
     /// process); defaults to --url, which is right for `nsready serve`.
     #[arg(long = "metrics-url")]
@@ -284,12 +283,7 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
     if !args.rate.is_finite() || args.rate < 0.0 {
         bail!("--rate must be 0 (as fast as possible) or a positive number of events/s");
     }
-    let base = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}", s.http.service_port))
-        .trim_end_matches('/')
-        .to_string();
+    let base = args.service.base(&s.http);
     let metrics_urls: Vec<String> = if args.metrics_urls.is_empty() {
         vec![base.clone()]
     } else {
@@ -566,7 +560,10 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         },
         "commit_latency_ms": server.as_ref().map_or(Value::Null, |sv| {
             let mut v = hist_json(&sv.processing, 1000.0, 2);
-            v["source"] = json!("ingest_processing_duration_seconds (publish → commit, per event, bucket-interpolated)");
+            v["source"] = json!(format!(
+                "{} (publish → commit, per event, bucket-interpolated)",
+                nsready::metrics::names::PROCESSING_SECONDS
+            ));
             v
         }),
         "server": server.as_ref().map_or(Value::Null, |sv| json!({

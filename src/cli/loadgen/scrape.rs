@@ -1,6 +1,7 @@
 //! loadgen: reading the service's `/metrics` and `/v1/health` (histograms, queue depth).
 
 use super::*;
+use nsready::metrics::names;
 
 /// A histogram as scraped: cumulative bucket counts by upper bound, sum and count.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -175,11 +176,11 @@ pub(super) async fn scrape(client: &reqwest::Client, urls: &[String]) -> Option<
                 h.plus(&x);
             }
         };
-        add(&mut out.processing, "ingest_processing_duration_seconds");
-        add(&mut out.db_write, "ingest_db_write_duration_seconds");
-        add(&mut out.batch_size, "ingest_batch_size");
-        add(&mut out.publish, "ingest_publish_duration_seconds");
-        if let Some(v) = parse_value(&text, "ingest_rows_total") {
+        add(&mut out.processing, names::PROCESSING_SECONDS);
+        add(&mut out.db_write, names::DB_WRITE_SECONDS);
+        add(&mut out.batch_size, names::BATCH_SIZE);
+        add(&mut out.publish, names::PUBLISH_SECONDS);
+        if let Some(v) = parse_value(&text, names::ROWS_TOTAL) {
             out.rows_total = Some(out.rows_total.unwrap_or(0.0) + v);
         }
     }

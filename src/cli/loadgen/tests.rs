@@ -56,7 +56,7 @@ const METRICS: &str = "# HELP x\n\
 
 #[test]
 fn histograms_and_counters_are_read_from_prometheus_text() {
-    let h = parse_hist(METRICS, "ingest_processing_duration_seconds").expect("hist");
+    let h = parse_hist(METRICS, nsready::metrics::names::PROCESSING_SECONDS).expect("hist");
     assert_eq!(h.buckets.len(), 4);
     assert_eq!(h.count, 100.0);
     let p50 = h.quantile(0.5).expect("p50");
@@ -68,8 +68,14 @@ fn histograms_and_counters_are_read_from_prometheus_text() {
         Some(0.004),
         "+Inf bucket: highest finite bound"
     );
-    assert_eq!(parse_value(METRICS, "ingest_rows_total"), Some(300.0));
-    assert_eq!(parse_value(METRICS, "ingest_events_total"), None);
+    assert_eq!(
+        parse_value(METRICS, nsready::metrics::names::ROWS_TOTAL),
+        Some(300.0)
+    );
+    assert_eq!(
+        parse_value(METRICS, nsready::metrics::names::EVENTS_TOTAL),
+        None
+    );
     let d = h.minus(&h);
     assert_eq!(d.quantile(0.5), None, "empty delta has no quantiles");
 }

@@ -176,6 +176,7 @@ impl Store for PostgresStore {
         self.settle(client, outcome, "ping").await
     }
 
+    #[tracing::instrument(name = "store.upsert", skip_all, fields(rows = rows.len()))]
     async fn upsert(&self, rows: &[Row]) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
