@@ -120,6 +120,7 @@ pub enum ValidationMode {
 
 /// NATS JetStream connection and queue layout.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Queue: NATS JetStream (scale-out)")]
 pub struct NatsArgs {
     /// NATS server URL (e.g. nats://127.0.0.1:4222), or a comma-separated list of a
     /// cluster's servers. Setting it (or NATS_HOST) selects the scale-out deployment.
@@ -223,6 +224,7 @@ pub struct NatsArgs {
 
 /// PostgreSQL connection.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Store: PostgreSQL (scale-out)")]
 pub struct DbArgs {
     /// PostgreSQL URL (postgres://user:pass@host:port/db). Setting it (or DB_HOST /
     /// POSTGRES_HOST) selects the scale-out deployment.
@@ -260,6 +262,7 @@ pub struct DbArgs {
 
 /// Embedded single-node mode.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Embedded queue and store (single node)")]
 pub struct EmbeddedArgs {
     /// Directory of the embedded queue and store (single-node mode).
     #[arg(
@@ -284,6 +287,7 @@ pub struct EmbeddedArgs {
 
 /// The worker pool.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Workers")]
 pub struct WorkerArgs {
     /// Parallel workers per process, all on the one durable consumer.
     #[arg(long, env = "WORKER_POOL_SIZE", default_value_t = 4, global = true)]
@@ -331,6 +335,7 @@ pub struct WorkerArgs {
 
 /// HTTP service.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "HTTP service and ingest limits")]
 pub struct HttpArgs {
     /// Port for ingest, health, readiness and metrics.
     #[arg(long, env = "SERVICE_PORT", default_value_t = 8001, global = true)]
@@ -409,6 +414,7 @@ impl HttpArgs {
 
 /// Logging.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]

@@ -200,11 +200,14 @@ pub trait Queue: Clone + Send + Sync + 'static {
     /// sequence), then removes the original. A crash between the two leaves the original
     /// to be redelivered: nothing is lost. On an error the delivery is still owed (the
     /// caller NAKs it).
+    ///
+    /// Returns the dead letter's sequence in the DLQ (what `nsready dlq show` takes); a
+    /// retry of the same message gives the sequence stored the first time.
     fn dead_letter(
         &self,
         delivery: &Delivery<Self::Handle>,
         reason: &DeadLetterReason,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    ) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// Current depth and consumer state.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, QueueError>> + Send;

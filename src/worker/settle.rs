@@ -150,8 +150,9 @@ async fn dead_letter<Q: Queue, S: Store>(
         reason: letter.reason,
     };
     match ctx.queue.dead_letter(&letter.delivery, &r).await {
-        Ok(()) => {
-            tracing::warn!(seq, error_type = r.error_type.as_str(), reason = %r.reason, trace_id, "message dead-lettered");
+        Ok(dlq_seq) => {
+            // `dlq_seq` is what `nsready dlq show` takes; `original_seq` the ingest stream's.
+            tracing::warn!(dlq_seq, original_seq = seq, error_type = r.error_type.as_str(), reason = %r.reason, trace_id, "message dead-lettered");
             ctx.metrics.events(EventStatus::Dlq, 1);
             ctx.metrics.error(r.error_type, 1);
             None

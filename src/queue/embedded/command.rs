@@ -57,6 +57,8 @@ pub(super) enum Answer {
     Done,
     Stats(QueueStats),
     DeadLetters(Vec<DeadLetter>),
+    /// The dead letter's sequence in the DLQ.
+    DeadLettered(u64),
     Counts(Vec<(String, u64)>),
 }
 

@@ -218,10 +218,9 @@ impl Engine {
                 handle,
                 error_type,
                 reason,
-            } => {
-                self.dead_letter(handle, error_type, &reason, now)?;
-                Ok(Answer::Done)
-            }
+            } => Ok(Answer::DeadLettered(
+                self.dead_letter(handle, error_type, &reason, now)?,
+            )),
             Op::Stats => Ok(Answer::Stats(self.stats(now)?)),
             Op::DlqList { from, limit } => Ok(Answer::DeadLetters(self.dlq_list(from, limit)?)),
             Op::DlqCounts => Ok(Answer::Counts(self.dlq_counts()?)),
@@ -400,7 +399,7 @@ impl Engine {
         error_type: &str,
         reason: &str,
         now: i64,
-    ) -> rusqlite::Result<()> {
+    ) -> rusqlite::Result<u64> {
         self.conn
             .prepare_cached(
                 "INSERT OR IGNORE INTO dlq (original_seq, payload, error_type, reason, \
@@ -408,7 +407,14 @@ impl Engine {
                  SELECT seq, payload, ?2, ?3, delivered, trace_id, ?4 FROM messages WHERE seq = ?1",
             )?
             .execute(params![to_i64(handle.seq), error_type, reason, now])?;
-        self.remove(handle.seq)
+        // The letter's own sequence (also when it was stored by an earlier attempt).
+        let dlq_seq: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM dlq WHERE original_seq = ?1")?
+            .query_row([to_i64(handle.seq)], |r| r.get(0))
+            .optional()?;
+        self.remove(handle.seq)?;
+        Ok(dlq_seq.map_or(0, from_i64))
     }
 
     /// Counts; `pending + ack_pending` equals the stored messages by construction.

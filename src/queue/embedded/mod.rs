@@ -339,13 +339,19 @@ impl Queue for EmbeddedQueue {
         &self,
         delivery: &Delivery<EmbeddedHandle>,
         reason: &DeadLetterReason,
-    ) -> Result<(), QueueError> {
-        self.call_done(Op::DeadLetter {
-            handle: delivery.handle,
-            error_type: reason.error_type.as_str(),
-            reason: reason.reason.clone(),
-        })
-        .await
+    ) -> Result<u64, QueueError> {
+        match self
+            .call(Op::DeadLetter {
+                handle: delivery.handle,
+                error_type: reason.error_type.as_str(),
+                reason: reason.reason.clone(),
+            })
+            .await
+        {
+            Ok(Answer::DeadLettered(seq)) => Ok(seq),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

@@ -295,13 +295,18 @@ async fn dead_letter_moves_the_message_to_the_dlq_once() -> TestResult {
         published_at: d.published_at,
         handle: d.handle,
     };
-    q.dead_letter(&d, &reason).await?;
-    q.dead_letter(&copy, &reason).await?;
+    let first = q.dead_letter(&d, &reason).await?;
+    let again = q.dead_letter(&copy, &reason).await?;
+    assert_eq!(
+        first, again,
+        "a retry gives the sequence stored the first time"
+    );
     let stats = q.stats().await?;
     assert_eq!((stats.depth(), stats.dlq_depth), (0, 1));
     let list = q.dlq_list(0, 10).await?;
     assert_eq!(list.len(), 1);
     let dl = &list[0];
+    assert_eq!(dl.seq, first, "dead_letter returns the DLQ's own sequence");
     assert_eq!(dl.original_seq, p.seq);
     assert_eq!(dl.error_type, "device_not_found");
     assert_eq!(dl.reason, reason.reason);

@@ -60,7 +60,7 @@ impl JetStreamQueue {
         &self,
         delivery: &Delivery<jetstream::Message>,
         reason: &DeadLetterReason,
-    ) -> Result<(), QueueError> {
+    ) -> Result<u64, QueueError> {
         let msg_id = self.dlq_msg_id(delivery.seq);
         let mut headers = dlq_headers(
             delivery.seq,
@@ -96,12 +96,14 @@ impl JetStreamQueue {
                 .map_err(publish_error)?;
             ack.await.map_err(publish_error)
         };
-        tokio::time::timeout(self.opts.publish_timeout, fut)
+        // A duplicate (a retry after a crash) is acked with the sequence stored first.
+        let stored = tokio::time::timeout(self.opts.publish_timeout, fut)
             .await
             .map_err(|_| QueueError::Unavailable("DLQ publish timed out".into()))??;
         // Only now remove the original: the dead letter is durable.
         delivery.handle.ack().await.map_err(nats_err)?;
-        self.client.flush().await.map_err(nats_err)
+        self.client.flush().await.map_err(nats_err)?;
+        Ok(stored.sequence)
     }
 
     pub(super) async fn list_dead_letters(

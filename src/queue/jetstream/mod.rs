@@ -418,7 +418,7 @@ impl Queue for JetStreamQueue {
         &self,
         delivery: &Delivery<Self::Handle>,
         reason: &DeadLetterReason,
-    ) -> Result<(), QueueError> {
+    ) -> Result<u64, QueueError> {
         self.publish_dead_letter(delivery, reason).await
     }
 
