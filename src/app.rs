@@ -217,7 +217,7 @@ impl App {
 /// Applies migrations, retrying while the database is unreachable (it may start after us).
 async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Result<(), AppError> {
     // At least 1: `Settings::validate` refuses 0.
-    let tries = settings.nats.nats_connect_retries;
+    let tries = settings.db.db_connect_retries;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -225,7 +225,7 @@ async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Resul
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && attempt < tries => {
                 tracing::warn!(attempt, tries, error = %e, "database not ready; retrying migrations");
-                tokio::time::sleep(settings.nats.nats_connect_delay).await;
+                tokio::time::sleep(settings.db.db_connect_delay).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -258,6 +258,13 @@ pub struct DbArgs {
     /// database being unavailable.
     #[arg(long, env = "DB_TIMEOUT", default_value = "10", value_parser = parse_duration, global = true)]
     pub db_timeout: Duration,
+    /// Start-up attempts to reach PostgreSQL (migrations) before giving up; the store's own,
+    /// not NATS's (the seed's 10 tries, 2 s apart).
+    #[arg(long, env = "DB_CONNECT_RETRIES", default_value_t = 10, global = true)]
+    pub db_connect_retries: u32,
+    /// Pause between the start-up attempts of DB_CONNECT_RETRIES.
+    #[arg(long, env = "DB_CONNECT_DELAY", default_value = "2", value_parser = parse_duration, global = true)]
+    pub db_connect_delay: Duration,
 }
 
 /// Embedded single-node mode.

@@ -131,6 +131,7 @@ impl Settings {
     fn validate_queue(&self) -> Result<(), ConfigError> {
         let n = &self.nats;
         let e = &self.embedded;
+        positive("DB_CONNECT_RETRIES", u64::from(self.db.db_connect_retries))?;
         positive("NATS_CONNECT_RETRIES", u64::from(n.nats_connect_retries))?;
         positive_duration("PUBLISH_TIMEOUT", n.publish_timeout)?;
         positive_duration("DUPLICATE_WINDOW", n.duplicate_window)?;
