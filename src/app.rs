@@ -182,6 +182,10 @@ impl App {
                 let client = jetstream::connect(&nats_url, &settings.nats).await?;
                 let mut opts =
                     JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
+                // Unacknowledged messages the consumer allows: what this process's workers
+                // hold at once (pool × batch), times 8 for the other worker processes on the
+                // same consumer and for NAKed messages waiting out their delay (they stay
+                // ack-pending); never below JetStreamOptions' 100,000.
                 opts.max_ack_pending = opts.max_ack_pending.max(
                     (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
                         as i64,
@@ -347,6 +351,8 @@ pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T:
             task.run(store).await
         }
         Deployment::ScaleOut { pg, .. } => {
+            // CLI commands run one statement at a time; two connections cover a command
+            // that reads while it writes (registry import), not DB_POOL_SIZE (the service's).
             let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
             task.run(store).await
         }
@@ -442,6 +448,8 @@ pub async fn with_deployment<T: DeploymentTask>(
             // A command observes the queue; the service owns its settings.
             opts.manage_config = false;
             let queue = JetStreamQueue::provision(client, opts).await?;
+            // CLI commands run one statement at a time; two connections cover a command
+            // that reads while it writes (registry import), not DB_POOL_SIZE (the service's).
             let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
             task.run(queue, store).await
         }
