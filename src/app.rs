@@ -271,6 +271,7 @@ async fn assemble<Q: Queue, S: Store>(
         consumer_name: settings.nats.consumer_name.clone(),
         role: role.name(),
     };
+    let pool_state = pool_state.map(|p| p as std::sync::Arc<dyn collector::WorkerHealth>);
     let state = Collector::new(queue, store, metrics, http, pool_state, shutdown.clone());
     let router = collector::router(state, role.has_collector());
     let addr = format!(

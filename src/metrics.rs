@@ -15,8 +15,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::queue::QueueStats;
-
 /// What became of events (`ingest_events_total{status}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventStatus {
@@ -121,6 +119,18 @@ pub mod names {
     pub const ROWS_TOTAL: &str = "ingest_rows_total";
     /// Counter: events by status.
     pub const EVENTS_TOTAL: &str = "ingest_events_total";
+}
+
+/// The queue's state as the gauges show it: plain numbers, so this module needs no queue
+/// types (the caller fills it from its `QueueStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueGauges {
+    /// Not yet committed: pending + ack pending.
+    pub depth: u64,
+    pub pending: u64,
+    pub ack_pending: u64,
+    pub redelivered: u64,
+    pub dlq_depth: u64,
 }
 
 /// Every metric of the service. Cheap to clone.
@@ -283,10 +293,10 @@ impl Metrics {
     }
 
     /// Records the queue state read for health.
-    pub fn queue_stats(&self, s: &QueueStats) {
+    pub fn queue_stats(&self, s: QueueGauges) {
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let i = &self.inner;
-        i.queue_depth.set(g(s.depth()));
+        i.queue_depth.set(g(s.depth));
         i.consumer_pending.set(g(s.pending));
         i.consumer_ack_pending.set(g(s.ack_pending));
         i.consumer_redelivered.set(g(s.redelivered));

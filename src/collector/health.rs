@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Collector;
+use crate::metrics::QueueGauges;
 use crate::queue::{Queue, QueueStats};
 use crate::store::Store;
 
@@ -81,7 +82,13 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             _ => false,
         };
         if let Some(s) = &stats {
-            self.metrics.queue_stats(s);
+            self.metrics.queue_stats(QueueGauges {
+                depth: s.depth(),
+                pending: s.pending,
+                ack_pending: s.ack_pending,
+                redelivered: s.redelivered,
+                dlq_depth: s.dlq_depth,
+            });
         }
         self.metrics.stalled(stalled);
         let r = Reading {

@@ -32,8 +32,20 @@ use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
-use crate::worker::PoolState;
 use error::ApiError;
+
+/// What health and readiness need to know of the worker pool of a role that runs one:
+/// the collector's own small interface, so it does not depend on the worker module.
+pub trait WorkerHealth: Send + Sync {
+    /// Worker loops in this process.
+    fn workers(&self) -> usize;
+    /// True while the workers pause because the store is unavailable.
+    fn store_down(&self) -> bool;
+    /// Events committed per second over the last minute.
+    fn committed_per_sec(&self) -> f64;
+    /// Feeds one reading of the queue depth to the stall clock; true when stalled.
+    fn observe_depth(&self, depth: u64, after: Duration) -> bool;
+}
 
 /// State shared by the HTTP handlers.
 pub struct Collector<Q, S> {
@@ -55,7 +67,7 @@ pub struct Collector<Q, S> {
     /// Bearer token required for ingest, when set.
     pub(crate) auth_token: Option<Secret>,
     /// The worker pool's state, for roles that run workers (stall and readiness checks).
-    pub(crate) pool: Option<Arc<PoolState>>,
+    pub(crate) pool: Option<Arc<dyn WorkerHealth>>,
     pub(crate) stall_after: Duration,
     pub(crate) consumer_name: String,
     pub(crate) role: &'static str,
@@ -92,7 +104,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
         store: S,
         metrics: Metrics,
         settings: HttpSettings,
-        pool: Option<Arc<PoolState>>,
+        pool: Option<Arc<dyn WorkerHealth>>,
         shutdown: Shutdown,
     ) -> Arc<Self> {
         Arc::new(Collector {

@@ -149,6 +149,21 @@ impl PoolState {
     }
 }
 
+impl crate::collector::WorkerHealth for PoolState {
+    fn workers(&self) -> usize {
+        PoolState::workers(self)
+    }
+    fn store_down(&self) -> bool {
+        PoolState::store_down(self)
+    }
+    fn committed_per_sec(&self) -> f64 {
+        PoolState::committed_per_sec(self)
+    }
+    fn observe_depth(&self, depth: u64, after: Duration) -> bool {
+        PoolState::observe_depth(self, depth, after)
+    }
+}
+
 /// Everything a worker loop needs. Cheap to clone.
 pub struct Ctx<Q, S> {
     pub(crate) queue: Q,
