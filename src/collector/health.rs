@@ -175,7 +175,7 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
     let throughput = app.pool.as_ref().map(|p| {
         json!({
             "committed_per_sec": (p.committed_per_sec() * 100.0).round() / 100.0,
-            "window_secs": crate::worker::THROUGHPUT_WINDOW_SECS,
+            "window_secs": p.window_secs(),
         })
     });
     let body = json!({

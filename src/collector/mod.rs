@@ -41,8 +41,10 @@ pub trait WorkerHealth: Send + Sync {
     fn workers(&self) -> usize;
     /// True while the workers pause because the store is unavailable.
     fn store_down(&self) -> bool;
-    /// Events committed per second over the last minute.
+    /// Events committed per second over the last [`WorkerHealth::window_secs`].
     fn committed_per_sec(&self) -> f64;
+    /// Width of the throughput window, in seconds.
+    fn window_secs(&self) -> i64;
     /// Feeds one reading of the queue depth to the stall clock; true when stalled.
     fn observe_depth(&self, depth: u64, after: Duration) -> bool;
 }

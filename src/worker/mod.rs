@@ -11,6 +11,7 @@
 
 pub mod disposition;
 pub mod process;
+pub mod registry_cache;
 mod settle;
 mod write;
 
@@ -25,11 +26,11 @@ use crate::config::WorkerArgs;
 use crate::event::TimeWindow;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::registry::RegistryCache;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use disposition::RetryPolicy;
 use process::BatchResult;
+use registry_cache::RegistryCache;
 
 /// Width of the throughput window (`PoolState::committed_per_sec`), in seconds.
 pub const THROUGHPUT_WINDOW_SECS: i64 = 60;
@@ -158,6 +159,9 @@ impl crate::collector::WorkerHealth for PoolState {
     }
     fn committed_per_sec(&self) -> f64 {
         PoolState::committed_per_sec(self)
+    }
+    fn window_secs(&self) -> i64 {
+        THROUGHPUT_WINDOW_SECS
     }
     fn observe_depth(&self, depth: u64, after: Duration) -> bool {
         PoolState::observe_depth(self, depth, after)
