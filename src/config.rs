@@ -334,10 +334,27 @@ pub struct WorkerArgs {
     #[arg(long, env = "STALL_AFTER", default_value = "60", value_parser = parse_duration, global = true)]
     pub stall_after: Duration,
     /// Fault injection for tests: `crash-after-commit` aborts the process after the first
-    /// batch commit, before its acks (proves redelivery adds no rows). Never set it in
-    /// production.
+    /// batch commit, before its acks (proves redelivery adds no rows). Exists only in builds
+    /// with the `test-failpoints` feature (the test suite's); a release build has no such
+    /// setting.
+    #[cfg(feature = "test-failpoints")]
     #[arg(long, env = "NSREADY_FAILPOINT", hide = true, global = true)]
     pub failpoint: Option<String>,
+}
+
+impl WorkerArgs {
+    /// True when the `crash-after-commit` failpoint is set (never without the
+    /// `test-failpoints` feature).
+    pub fn crash_after_commit(&self) -> bool {
+        #[cfg(feature = "test-failpoints")]
+        {
+            self.failpoint.as_deref() == Some("crash-after-commit")
+        }
+        #[cfg(not(feature = "test-failpoints"))]
+        {
+            false
+        }
+    }
 }
 
 /// HTTP service.

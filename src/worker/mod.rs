@@ -247,7 +247,7 @@ impl<Q: Queue, S: Store> WorkerPool<Q, S> {
                 batch_timeout: args.worker_batch_timeout,
                 state,
                 window: window.for_worker(),
-                crash_after_commit: args.failpoint.as_deref() == Some("crash-after-commit"),
+                crash_after_commit: args.crash_after_commit(),
             },
             size,
         }

@@ -4,6 +4,8 @@
 mod cluster;
 mod drills;
 mod embedded;
+#[cfg(feature = "test-failpoints")]
+mod failpoints;
 mod faults;
 mod harness;
 mod hostile_http;
