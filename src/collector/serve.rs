@@ -47,6 +47,9 @@ use tower::ServiceExt as _;
 
 use crate::shutdown::Shutdown;
 
+/// Most bytes hyper buffers per connection while reading a request head (headers).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Bounds of the server, from `HttpArgs` (validated: every value positive).
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {
@@ -167,6 +170,10 @@ async fn connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        // Bounds what one connection may buffer for a request head (hyper's default is
+        // ~400 KiB): 1,024 connections × 64 KiB, not 1,024 × 400 KiB. A longer head is
+        // answered 431 by hyper.
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let mut stopping = false;

@@ -113,6 +113,8 @@ impl Settings {
         }
         positive("WORKER_MAX_RETRIES", w.worker_max_retries)?;
         positive_duration("WORKER_ACK_WAIT", w.worker_ack_wait)?;
+        // 0 would redeliver a retryable failure in a tight loop until its retries are gone.
+        positive_duration("WORKER_RETRY_DELAY", w.worker_retry_delay)?;
         if w.worker_ack_wait <= w.worker_batch_timeout {
             return Err(ConfigError::Invalid {
                 name: "WORKER_ACK_WAIT",

@@ -171,6 +171,9 @@ pub fn build_rows<'a>(events: impl Iterator<Item = &'a Decoded>) -> Vec<Row> {
 /// database's: truncated to microseconds (their resolution), and a leap second
 /// (`23:59:60.x`, which chrono keeps as a distinct value) folded onto `23:59:59.x`, as the
 /// PostgreSQL driver does when it binds it; the SQLite store gets the same folded value.
+/// Events parsed by `event::parse` never reach either branch (the parser already truncates
+/// and moves a leap second to the next second, as PostgreSQL's text input does); this is
+/// the guard for an event built any other way.
 fn stored_time(ts: DateTime<Utc>) -> DateTime<Utc> {
     let ns = ts.nanosecond();
     let ns = if ns >= 1_000_000_000 {

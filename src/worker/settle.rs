@@ -106,6 +106,9 @@ pub(super) async fn settle<Q: Queue, S: Store>(
     }
     if !dead.is_empty() {
         let logged = log_dead(ctx, &dead).await;
+        // Once the DLQ refused one letter, the others of the batch are not tried: each try
+        // could wait PUBLISH_TIMEOUT, and a batch of them would hold the worker for minutes.
+        let mut dlq_refused = false;
         for (letter, logged) in dead.into_iter().zip(logged) {
             if !logged {
                 // Without its error_logs row a message is not dead-lettered; it comes back.
@@ -113,7 +116,13 @@ pub(super) async fn settle<Q: Queue, S: Store>(
                 naks.entry(delay).or_default().push(letter.delivery);
                 continue;
             }
-            if let Some(d) = dead_letter(ctx, letter).await {
+            let refused = if dlq_refused {
+                Some(letter.delivery)
+            } else {
+                dead_letter(ctx, letter).await
+            };
+            if let Some(d) = refused {
+                dlq_refused = true;
                 match after_dead_letter_failure(&ctx.policy, d.delivered) {
                     Disposition::Nak { delay } => naks.entry(delay).or_default().push(d),
                     other => tracing::error!(?other, "unexpected rule for a refused dead letter"),

@@ -604,3 +604,31 @@ fn an_empty_or_blank_auth_token_refuses_to_start() {
         "refused before opening anything"
     );
 }
+
+/// A request head larger than hyper's per-connection buffer (`MAX_HEAD_BYTES`) is refused
+/// (431, or the connection closed) without buffering it, and the service goes on serving.
+async fn an_oversized_request_head_is_refused(kind: Kind) {
+    let env = TestEnv::new(kind);
+    env.import_demo().await;
+    let app = env.start(Role::Serve, &[]).await;
+    let mut s = TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let big = "a".repeat(nsready::collector::serve::MAX_HEAD_BYTES * 2);
+    let head = format!("POST /v1/ingest HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    // The server may close before it has read everything: a failed write is fine too.
+    let _ = s.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(BOUND, s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    let (status, body) = app.post_event(&one(1)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_landed(&env, 1).await;
+    assert_alive(&app).await;
+    app.stop().await;
+}
+crate::both_deployments!(an_oversized_request_head_is_refused);

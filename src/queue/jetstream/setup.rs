@@ -35,6 +35,23 @@ pub fn server_addrs(url: &str) -> Result<Vec<ServerAddr>, QueueError> {
     Ok(addrs)
 }
 
+/// `NATS_URL` for logs and errors: every `user:password@` (or `token@`) part removed, so no
+/// credential is ever printed.
+pub(super) fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|s| {
+            let s = s.trim();
+            let (scheme, rest) = match s.split_once("://") {
+                Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                None => (String::new(), s),
+            };
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}{rest}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Connects with the seed's retry policy (tries × delay), then reconnects forever.
 /// `url` may list several servers, comma-separated ([`server_addrs`]).
 ///
@@ -72,12 +89,12 @@ pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, Queu
         match opts.connect(addrs.as_slice()).await {
             Ok(client) => {
                 let server = client.server_info().server_name;
-                tracing::info!(url, server = %server, "connected to NATS");
+                tracing::info!(url = %redacted(url), server = %server, "connected to NATS");
                 return Ok(client);
             }
             Err(e) => {
                 last = e.to_string();
-                tracing::warn!(url, attempt, tries, error = %e, "NATS connection attempt failed");
+                tracing::warn!(url = %redacted(url), attempt, tries, error = %e, "NATS connection attempt failed");
                 if attempt < tries {
                     tokio::time::sleep(n.nats_connect_delay).await;
                 }
@@ -85,7 +102,8 @@ pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, Queu
         }
     }
     Err(QueueError::Unavailable(format!(
-        "cannot connect to NATS at {url} after {tries} attempts: {last}"
+        "cannot connect to NATS at {} after {tries} attempts: {last}",
+        redacted(url)
     )))
 }
 
@@ -269,4 +287,19 @@ async fn ensure_stream(
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn credentials_never_reach_a_log_line() {
+        assert_eq!(
+            redacted("nats://user:s3cret@10.0.0.1:4222, tls://tok3n@n2:4222"),
+            "nats://10.0.0.1:4222,tls://n2:4222"
+        );
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redacted("a:b@host"), "host");
+    }
 }

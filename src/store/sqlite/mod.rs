@@ -185,9 +185,11 @@ pub(crate) fn classify(e: rusqlite::Error) -> StoreError {
             | ErrorCode::SystemIoFailure
             | ErrorCode::CannotOpen
             | ErrorCode::ReadOnly
-            | ErrorCode::OutOfMemory
             | ErrorCode::PermissionDenied,
         ) => StoreError::Unavailable(text),
+        // Like PostgreSQL's out_of_memory (53200): a huge batch may be the cause, so it is
+        // bisected rather than NAKed uncounted for ever.
+        Some(ErrorCode::OutOfMemory) => StoreError::Other(text),
         Some(ErrorCode::TooBig | ErrorCode::TypeMismatch) => StoreError::Data(refusal(true)),
         Some(ErrorCode::ConstraintViolation) => StoreError::Data(refusal(false)),
         Some(_) => StoreError::Other(text),
