@@ -321,6 +321,48 @@ fn hostile_event() -> impl Strategy<Value = Value> {
         })
 }
 
+/// The example event's bytes with a few random bytes spliced in or overwritten: unlike
+/// purely random bytes, many of these still parse (a byte landing inside a string value),
+/// so the "accepted means storable" branch of the property runs, with NUL, control
+/// characters and invalid UTF-8 among the spliced bytes.
+fn mutated_example() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![b'a'..=b'z', any::<u8>()];
+    prop::collection::vec((any::<prop::sample::Index>(), byte, any::<bool>()), 1..3).prop_map(
+        |edits| {
+            let mut bytes = EXAMPLE.as_bytes().to_vec();
+            for (at, byte, insert) in edits {
+                let i = at.index(bytes.len());
+                if insert {
+                    bytes.insert(i, byte);
+                } else {
+                    bytes[i] = byte;
+                }
+            }
+            bytes
+        },
+    )
+}
+
+#[test]
+fn mutated_examples_are_often_accepted_so_the_property_checks_something() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = mutated_example();
+    let accepted = (0..200)
+        .filter(|_| {
+            strategy
+                .new_tree(&mut runner)
+                .map(|t| NormalizedEvent::parse(&t.current()).is_ok())
+                .unwrap_or(false)
+        })
+        .count();
+    assert!(
+        accepted >= 20,
+        "only {accepted} of 200 mutated examples parsed"
+    );
+}
+
 /// What both stores hold: no NUL anywhere in the canonical form, a four-digit year, and
 /// every string and object inside its limit.
 fn assert_storable(e: &NormalizedEvent) -> Result<(), TestCaseError> {
@@ -345,7 +387,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
-    fn any_bytes_give_a_value_or_a_typed_error(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+    fn any_bytes_give_a_value_or_a_typed_error(bytes in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512),
+        mutated_example(),
+    ]) {
         if let Ok(e) = NormalizedEvent::parse(&bytes) {
             assert_storable(&e)?;
         }
