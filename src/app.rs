@@ -193,7 +193,9 @@ impl App {
                 // Processes with workers own the stream and consumer settings (they use the
                 // ack wait); a collector creates what is missing but never rewrites them.
                 opts.manage_config = role.has_workers();
-                let queue = JetStreamQueue::provision(client, opts).await?;
+                let queue = JetStreamQueue::provision(client, opts)
+                    .await?
+                    .with_shutdown(&shutdown);
                 let store =
                     PostgresStore::connect(&pg, settings.db.db_pool_size, settings.db.db_timeout)?;
                 if role.has_workers() {

@@ -8,17 +8,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Collector;
 use super::body::{media_type, read_body};
-use super::error::{ApiError, RETRY_AFTER_SECS};
+use super::error::{ApiError, BatchStatus, Reply};
 use crate::event::envelope;
 use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
 use crate::metrics::{ErrorType, EventStatus};
@@ -71,13 +70,7 @@ async fn ingest_one<Q: Queue, S: Store>(
     app.metrics.publish_seconds(started.elapsed().as_secs_f64());
     app.metrics.events(EventStatus::Queued, 1);
     // `status` first, compact, one line (DESIGN.md §4).
-    let body = format!(r#"{{"status":"queued","trace_id":"{trace_id}"}}"#);
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
+    Ok(Reply::Queued(format!(r#"{{"status":"queued","trace_id":"{trace_id}"}}"#)).into_response())
 }
 
 /// Rejected batch items reported with their full error list; later ones get only their
@@ -184,29 +177,20 @@ async fn ingest_many<Q: Queue, S: Store>(
     // status learns that nothing was queued (and that retrying the same body cannot help).
     let all_rejected = accepted == 0 && unavailable.is_none();
     let status = match (&unavailable, all_rejected) {
-        (Some(_), _) => "partial",
-        (None, true) => "rejected",
-        (None, false) => "queued",
+        (Some(_), _) => BatchStatus::Partial,
+        (None, true) => BatchStatus::Rejected,
+        (None, false) => BatchStatus::Queued,
     };
     let body = json!({
-        "status": status,
+        "status": status.as_str(),
         "accepted": accepted,
         "rejected": not_queued,
         "results": results,
     });
     if let Some(e) = unavailable {
         tracing::warn!(error = %e, accepted, "batch partly refused by the queue: 503");
-        let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
-        return Ok(resp);
     }
-    let code = if all_rejected {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json(body)).into_response())
+    Ok(Reply::Batch(status, body).into_response())
 }
 
 /// The queue message for one event, and its trace id.
