@@ -8,6 +8,7 @@ mod loadgen;
 mod registry;
 mod serve;
 mod status;
+mod table;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,16 @@ pub enum Command {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let s = cli.settings;
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Collector | Command::Worker | Command::Loadgen(_)
+    ) {
+        // A command that prints and exits ends quietly when its reader does
+        // (`nsready latest | head`), as other Unix tools do, instead of panicking on a
+        // broken pipe. The long-running roles keep Rust's default (SIGPIPE ignored: a
+        // closed socket is an error to handle, never a reason to die).
+        restore_default_sigpipe();
+    }
     match cli.command {
         Command::Serve { demo } => serve::run(&s, nsready::app::Role::Serve, demo).await,
         Command::Collector => serve::run(&s, nsready::app::Role::Collector, false).await,
@@ -79,6 +90,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Registry(cmd) => registry::run(&s, cmd).await,
         Command::Latest { device, json } => registry::latest(&s, device, json).await,
         Command::Loadgen(args) => loadgen::run(&s, args).await,
+    }
+}
+
+/// SIGPIPE back to its default action (terminate) for this process.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL installs no handler and touches no
+    // memory of ours; done before any output.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
