@@ -220,22 +220,27 @@ impl App {
     }
 }
 
-/// Applies migrations, retrying while the database is unreachable (it may start after us).
+/// Applies migrations, retrying while the database is unreachable (it may start after us):
+/// DB_CONNECT_RETRIES attempts, DB_CONNECT_DELAY apart (plus up to as much jitter, so
+/// several workers restarted together do not knock in step).
 async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Result<(), AppError> {
+    use backon::Retryable;
     // At least 1: `Settings::validate` refuses 0.
     let tries = settings.db.db_connect_retries;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match store.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && attempt < tries => {
-                tracing::warn!(attempt, tries, error = %e, "database not ready; retrying migrations");
-                tokio::time::sleep(settings.db.db_connect_delay).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let policy = backon::ConstantBuilder::default()
+        .with_delay(settings.db.db_connect_delay)
+        .with_max_times(tries.saturating_sub(1) as usize)
+        .with_jitter();
+    let mut attempt = 0u32;
+    (|| store.migrate())
+        .retry(policy)
+        .when(StoreError::is_transient)
+        .notify(|e, _| {
+            attempt += 1;
+            tracing::warn!(attempt, tries, error = %e, "database not ready; retrying migrations");
+        })
+        .await
+        .map_err(AppError::from)
 }
 
 /// Builds the generic service over a ready queue and store.
