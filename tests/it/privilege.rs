@@ -565,3 +565,44 @@ async fn embedded_data_dir_is_private_whatever_the_umask() {
     }
     app.stop().await;
 }
+
+/// With the sample NATS config the collector user may not create the streams: a collector
+/// started before any worker exits with an error instead of provisioning (workers own the
+/// JetStream settings), and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_user_cannot_provision_the_streams() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = accounts_conf(dir.path());
+    let nats = NatsServer::start_with_args(&["-c", &conf.display().to_string()]);
+    let pg = Postgres::start();
+    let db_url = pg.create_database(DB);
+    let args = with(
+        common(&nats.url(), &db_url),
+        &[
+            "--nats-user",
+            "collector",
+            "--nats-password",
+            COLLECTOR_PW,
+            "--publish-timeout",
+            "1",
+            "--service-port",
+            "0",
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nsready"))
+        .arg("collector")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("nsready runs");
+    assert!(!out.status.success(), "the collector started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stream INGRESS"), "{err}");
+    assert!(!err.contains(COLLECTOR_PW), "a secret in the output: {err}");
+    let (admin, _) = nats_as(&nats, "nsready_admin", ADMIN_PW).await;
+    let js = async_nats::jetstream::new(admin);
+    assert!(
+        js.get_stream("INGRESS").await.is_err(),
+        "the collector created the stream"
+    );
+}
