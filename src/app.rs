@@ -49,18 +49,33 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Creates DATA_DIR if needed and takes the lock without waiting.
+    /// Creates DATA_DIR if needed (0700, its files 0600; looser modes of an existing one are
+    /// tightened with a warning) and takes the lock without waiting.
     ///
     /// # Errors
     /// `Refused` naming the directory when it cannot be created or another process holds it.
     pub fn acquire(dir: &std::path::Path) -> Result<DataDirLock, AppError> {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(dir).map_err(|e| {
+        use std::os::unix::fs::OpenOptionsExt;
+        crate::private_fs::create_dir(dir).map_err(|e| {
             AppError::Refused(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
         })?;
+        // An existing DATA_DIR with looser permissions is tightened, with a warning: the
+        // files hold every reading and the registry (SECURITY.md).
+        match crate::private_fs::tighten(dir, &[QUEUE_FILE, STORE_FILE, LOCK_FILE]) {
+            Ok(changed) => {
+                for (path, old) in changed {
+                    tracing::warn!(path = %path.display(), old_mode = format!("{old:o}"),
+                        "DATA_DIR: group/other could access this; permissions set to 0700 (directory) / 0600 (file)");
+                }
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e,
+                "DATA_DIR: cannot restrict permissions to the owner"),
+        }
         let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
+            .mode(crate::private_fs::FILE_MODE)
             .create(true)
             .truncate(false)
             .read(true)
@@ -69,6 +84,11 @@ impl DataDirLock {
             .map_err(|e| {
                 AppError::Refused(format!("DATA_DIR {} is not writable: {e}", dir.display()))
             })?;
+        // Explicitly, not through the umask.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(
+            crate::private_fs::FILE_MODE,
+        ));
         // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {

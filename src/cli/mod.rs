@@ -41,7 +41,13 @@ pub enum Command {
     /// Run the worker pool only (scale-out deployment).
     Worker,
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Also create the NOLOGIN roles `nsready_ingest` (what collectors and workers
+        /// need) and `nsready_read` (the SCADA views) and grant their rights; idempotent.
+        /// PostgreSQL only; run as the schema owner with CREATEROLE. See SECURITY.md.
+        #[arg(long)]
+        create_roles: bool,
+    },
     /// Show the service's health (queue depth, consumer, DLQ, database); exit 0 healthy,
     /// 1 warning, 2 critical.
     Status(status::StatusArgs),
@@ -84,7 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { demo } => serve::run(&s, nsready::app::Role::Serve, demo).await,
         Command::Collector => serve::run(&s, nsready::app::Role::Collector, false).await,
         Command::Worker => serve::run(&s, nsready::app::Role::Worker, false).await,
-        Command::Migrate => registry::migrate(&s).await,
+        Command::Migrate { create_roles } => registry::migrate(&s, create_roles).await,
         Command::Status(args) => status::run(&s, args).await,
         Command::Dlq(cmd) => dlq::run(&s, cmd).await,
         Command::Registry(cmd) => registry::run(&s, cmd).await,

@@ -34,11 +34,16 @@ pub enum RegistryCommand {
     },
 }
 
-struct Migrate;
+struct Migrate {
+    create_roles: bool,
+}
 impl StoreTask for Migrate {
     type Output = ();
     async fn run<S: Store>(self, store: S) -> Result<(), AppError> {
         store.migrate().await?;
+        if self.create_roles {
+            store.create_roles().await?;
+        }
         Ok(())
     }
 }
@@ -70,10 +75,15 @@ impl StoreTask for Latest {
     }
 }
 
-/// `nsready migrate`.
-pub async fn migrate(s: &Settings) -> anyhow::Result<ExitCode> {
-    with_store(s, Migrate).await.context("migration failed")?;
+/// `nsready migrate [--create-roles]`.
+pub async fn migrate(s: &Settings, create_roles: bool) -> anyhow::Result<ExitCode> {
+    with_store(s, Migrate { create_roles })
+        .await
+        .context("migration failed")?;
     println!("migrations applied");
+    if create_roles {
+        println!("roles nsready_ingest and nsready_read are ready (grant them to login users)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

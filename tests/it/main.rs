@@ -15,5 +15,7 @@ mod hostile_worker;
 mod loadgen;
 mod operator;
 mod pipeline;
+mod privilege;
 mod store_postgres;
 mod support;
+mod tenant;
