@@ -36,8 +36,8 @@ pub fn embedded_queue_options(settings: &Settings) -> EmbeddedQueueOptions {
         max_msgs: settings.embedded.embedded_queue_max_msgs,
         max_bytes: settings.embedded.embedded_queue_max_bytes,
         ack_wait: settings.worker.worker_ack_wait,
-        duplicate_window: settings.nats.duplicate_window,
-        publish_timeout: settings.nats.publish_timeout,
+        duplicate_window: settings.queue.duplicate_window,
+        publish_timeout: settings.queue.publish_timeout,
     }
 }
 
@@ -170,60 +170,22 @@ impl App {
         role: Role,
         shutdown: Shutdown,
     ) -> Result<App, AppError> {
-        settings.validate()?;
-        match settings.deployment()? {
-            Deployment::Embedded { data_dir } => {
-                if role != Role::Serve {
-                    return Err(AppError::Refused(format!(
-                        "`nsready {}` needs the scale-out deployment: in embedded mode one \
-                         process owns the files in DATA_DIR, so run `nsready serve` (or set \
-                         NATS_URL and DATABASE_URL to run collectors and workers apart)",
-                        role.name()
-                    )));
-                }
-                let lock = DataDirLock::acquire(&data_dir)?;
-                let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
-                store.migrate().await?;
-                let queue = EmbeddedQueue::open(
-                    &data_dir.join(QUEUE_FILE),
-                    embedded_queue_options(settings),
-                )?;
-                let mut app = assemble(queue, store, settings, role, shutdown).await?;
-                // The lock lives as long as the service runs.
-                let run = app.run;
-                app.run = Box::pin(async move {
-                    let r = run.await;
-                    drop(lock);
-                    r
-                });
-                Ok(app)
-            }
-            Deployment::ScaleOut { nats_url, pg } => {
-                let client = jetstream::connect(&nats_url, &settings.nats).await?;
-                let mut opts =
-                    JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
-                // Unacknowledged messages the consumer allows: what this process's workers
-                // hold at once (pool × batch), times 8 for the other worker processes on the
-                // same consumer and for NAKed messages waiting out their delay (they stay
-                // ack-pending); never below JetStreamOptions' 100,000.
-                opts.max_ack_pending = opts.max_ack_pending.max(
-                    (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
-                        as i64,
-                );
-                // Processes with workers own the stream and consumer settings (they use the
-                // ack wait); a collector creates what is missing but never rewrites them.
-                opts.manage_config = role.has_workers();
-                let queue = JetStreamQueue::provision(client, opts)
-                    .await?
-                    .with_shutdown(&shutdown);
-                let store =
-                    PostgresStore::connect(&pg, settings.db.db_pool_size, settings.db.db_timeout)?;
-                if role.has_workers() {
-                    migrate_with_retries(&store, settings).await?;
-                }
-                assemble(queue, store, settings, role, shutdown).await
-            }
+        let task = Assemble {
+            settings,
+            role,
+            shutdown: shutdown.clone(),
+        };
+        let (mut app, lock) = open(settings, Purpose::Service(role), &shutdown, task).await?;
+        if let Some(lock) = lock {
+            // The embedded DATA_DIR lock lives as long as the service runs.
+            let run = app.run;
+            app.run = Box::pin(async move {
+                let r = run.await;
+                drop(lock);
+                r
+            });
         }
+        Ok(app)
     }
 
     /// The port the HTTP listener is bound to.
@@ -237,6 +199,120 @@ impl App {
     /// The HTTP server failed.
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         self.run.await
+    }
+}
+
+/// What a deployment is opened for; it decides the lock, the pool, the migrations and
+/// who may rewrite the queue's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// A service role: DB_POOL_SIZE connections; processes with workers migrate (with the
+    /// start-up retries) and own the stream and consumer settings.
+    Service(Role),
+    /// A CLI command: two connections (one statement at a time; two cover a command that
+    /// reads while it writes); never rewrites a live consumer's settings with its own
+    /// environment. Embedded: the queue file must exist (a wrong DATA_DIR is not an empty
+    /// one to create), and `nsready serve` must not be running on it.
+    Command,
+}
+
+/// The one place that opens queue and store for the configured deployment, for services
+/// (`App::build`) and commands (`with_deployment`) alike, and runs `task` with them.
+/// Returns the task's output and, in embedded mode, the DATA_DIR lock the caller holds for
+/// as long as it uses the files.
+async fn open<T: DeploymentTask>(
+    settings: &Settings,
+    purpose: Purpose,
+    shutdown: &Shutdown,
+    task: T,
+) -> Result<(T::Output, Option<DataDirLock>), AppError> {
+    settings.validate()?;
+    match settings.deployment()? {
+        Deployment::Embedded { data_dir } => {
+            let queue_file = data_dir.join(QUEUE_FILE);
+            match purpose {
+                Purpose::Service(Role::Serve) => {}
+                Purpose::Service(role) => {
+                    return Err(AppError::Refused(format!(
+                        "`nsready {}` needs the scale-out deployment: in embedded mode one \
+                         process owns the files in DATA_DIR, so run `nsready serve` (or set \
+                         NATS_URL and DATABASE_URL to run collectors and workers apart)",
+                        role.name()
+                    )));
+                }
+                Purpose::Command if !queue_file.exists() => {
+                    return Err(AppError::Refused(format!(
+                        "no nsready queue at {} (set DATA_DIR, or --data-dir, to the directory \
+                         `nsready serve` uses)",
+                        std::path::absolute(&queue_file)
+                            .unwrap_or(queue_file)
+                            .display()
+                    )));
+                }
+                Purpose::Command => {}
+            }
+            let lock = DataDirLock::acquire(&data_dir).map_err(|e| match purpose {
+                Purpose::Command => {
+                    AppError::Refused(format!("{e}; stop `nsready serve` first for this command"))
+                }
+                Purpose::Service(_) => e,
+            })?;
+            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+            store.migrate().await?;
+            let queue = EmbeddedQueue::open(&queue_file, embedded_queue_options(settings))?;
+            let out = task.run(queue, store).await?;
+            Ok((out, Some(lock)))
+        }
+        Deployment::ScaleOut { nats_url, pg } => {
+            let client = jetstream::connect(&nats_url, &settings.nats).await?;
+            let mut opts = JetStreamOptions::from_settings(settings);
+            let (pool_size, migrate) = match purpose {
+                Purpose::Service(role) => {
+                    // Unacknowledged messages the consumer allows: what this process's
+                    // workers hold at once (pool × batch), times 8 for the other worker
+                    // processes on the same consumer and for NAKed messages waiting out
+                    // their delay (they stay ack-pending); never below JetStreamOptions'
+                    // 100,000.
+                    opts.max_ack_pending = opts.max_ack_pending.max(
+                        (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
+                            as i64,
+                    );
+                    // Processes with workers own the stream and consumer settings (they use
+                    // the ack wait); a collector creates what is missing but never rewrites.
+                    opts.manage_config = role.has_workers();
+                    (settings.db.db_pool_size, role.has_workers())
+                }
+                Purpose::Command => {
+                    opts.manage_config = false;
+                    (CLI_POOL_SIZE, false)
+                }
+            };
+            let queue = JetStreamQueue::provision(client, opts)
+                .await?
+                .with_shutdown(shutdown);
+            let store = PostgresStore::connect(&pg, pool_size, settings.db.db_timeout)?;
+            if migrate {
+                migrate_with_retries(&store, settings).await?;
+            }
+            Ok((task.run(queue, store).await?, None))
+        }
+    }
+}
+
+/// PostgreSQL connections of a CLI command (see [`Purpose::Command`]).
+const CLI_POOL_SIZE: usize = 2;
+
+/// `App::build`'s work once queue and store are open.
+struct Assemble<'a> {
+    settings: &'a Settings,
+    role: Role,
+    shutdown: Shutdown,
+}
+
+impl DeploymentTask for Assemble<'_> {
+    type Output = App;
+    async fn run<Q: Queue, S: Store>(self, queue: Q, store: S) -> Result<App, AppError> {
+        assemble(queue, store, self.settings, self.role, self.shutdown).await
     }
 }
 
@@ -379,9 +455,7 @@ pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T:
             task.run(store).await
         }
         Deployment::ScaleOut { pg, .. } => {
-            // CLI commands run one statement at a time; two connections cover a command
-            // that reads while it writes (registry import), not DB_POOL_SIZE (the service's).
-            let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
+            let store = PostgresStore::connect(&pg, CLI_POOL_SIZE, settings.db.db_timeout)?;
             task.run(store).await
         }
     }
@@ -443,43 +517,7 @@ pub async fn with_deployment<T: DeploymentTask>(
     settings: &Settings,
     task: T,
 ) -> Result<T::Output, AppError> {
-    settings.validate()?;
-    match settings.deployment()? {
-        Deployment::Embedded { data_dir } => {
-            // Every caller (the `dlq` commands) works on dead letters that exist: a DATA_DIR
-            // without a queue file is a wrong directory, not an empty one to create.
-            let queue_file = data_dir.join(QUEUE_FILE);
-            if !queue_file.exists() {
-                return Err(AppError::Refused(format!(
-                    "no nsready queue at {} (set DATA_DIR, or --data-dir, to the directory \
-                     `nsready serve` uses)",
-                    std::path::absolute(&queue_file)
-                        .unwrap_or(queue_file)
-                        .display()
-                )));
-            }
-            let lock = DataDirLock::acquire(&data_dir).map_err(|e| {
-                AppError::Refused(format!("{e}; stop `nsready serve` first for this command"))
-            })?;
-            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
-            store.migrate().await?;
-            let queue =
-                EmbeddedQueue::open(&data_dir.join(QUEUE_FILE), embedded_queue_options(settings))?;
-            let r = task.run(queue, store).await;
-            drop(lock);
-            r
-        }
-        Deployment::ScaleOut { nats_url, pg } => {
-            let client = jetstream::connect(&nats_url, &settings.nats).await?;
-            let mut opts =
-                JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
-            // A command observes the queue; the service owns its settings.
-            opts.manage_config = false;
-            let queue = JetStreamQueue::provision(client, opts).await?;
-            // CLI commands run one statement at a time; two connections cover a command
-            // that reads while it writes (registry import), not DB_POOL_SIZE (the service's).
-            let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
-            task.run(queue, store).await
-        }
-    }
+    // The lock (embedded) is released when the command is done.
+    let (out, _lock) = open(settings, Purpose::Command, &Shutdown::new(), task).await?;
+    Ok(out)
 }

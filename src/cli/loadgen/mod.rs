@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use nsready::app::{AppError, StoreTask, with_store};
 use nsready::config::{ServiceUrl, Settings, parse_duration};
-use nsready::registry::RegistryDoc;
+use nsready::registry::{RegistryDoc, template_project};
 use nsready::store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -211,20 +211,12 @@ impl StoreTask for CountRows {
     }
 }
 
-/// The project id of a template key `project:<uuid>:<name>`, else of `metadata.project_id`.
-fn template_project(key: &str, metadata: &Value) -> Option<Uuid> {
-    key.strip_prefix("project:")
-        .and_then(|rest| rest.split_once(':'))
-        .and_then(|(id, _)| id.parse().ok())
-        .or_else(|| metadata["project_id"].as_str().and_then(|s| s.parse().ok()))
-}
-
 /// Active devices whose project has templates, sorted by id, at most `want`.
 fn pick_targets(doc: &RegistryDoc, want: usize, metrics: usize) -> Vec<Target> {
     let mut by_project: std::collections::HashMap<Uuid, Vec<(String, Option<String>)>> =
         std::collections::HashMap::new();
     for t in &doc.parameter_templates {
-        if let Some(p) = template_project(&t.key, &t.metadata) {
+        if let Some(p) = template_project(&t.key, t.metadata["project_id"].as_str()) {
             by_project
                 .entry(p)
                 .or_default()

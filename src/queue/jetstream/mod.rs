@@ -20,7 +20,7 @@ use super::{
     DeadLetter, DeadLetterReason, Delivery, DlqCounts, Outgoing, Published, Queue, QueueError,
     QueueStats,
 };
-use crate::config::NatsArgs;
+use crate::config::Settings;
 
 mod dlq;
 mod setup;
@@ -73,8 +73,10 @@ pub struct JetStreamOptions {
 }
 
 impl JetStreamOptions {
-    /// From the NATS settings plus the worker's ack wait.
-    pub fn from_args(n: &NatsArgs, ack_wait: Duration) -> Self {
+    /// From the NATS and queue settings plus the worker's ack wait (WORKER_ACK_WAIT is the
+    /// consumer's ack wait; the queue applies it, the worker setting names it).
+    pub fn from_settings(s: &Settings) -> Self {
+        let n = &s.nats;
         JetStreamOptions {
             stream: n.stream_name.clone(),
             subject: n.queue_subject.clone(),
@@ -85,10 +87,10 @@ impl JetStreamOptions {
             max_msgs: n.stream_max_msgs,
             max_bytes: n.stream_max_bytes,
             max_age: n.stream_max_age,
-            duplicate_window: n.duplicate_window,
-            ack_wait,
+            duplicate_window: s.queue.duplicate_window,
+            ack_wait: s.worker.worker_ack_wait,
             max_ack_pending: 100_000,
-            publish_timeout: n.publish_timeout,
+            publish_timeout: s.queue.publish_timeout,
             manage_config: true,
         }
     }
