@@ -68,7 +68,9 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let s = cli.settings;
+    let mut s = cli.settings;
+    // Once, before anything validates or uses a secret.
+    s.resolve_secret_files()?;
     match cli.command {
         Command::Serve { demo } => serve::run(&s, nsready::app::Role::Serve, demo).await,
         Command::Collector => serve::run(&s, nsready::app::Role::Collector, false).await,

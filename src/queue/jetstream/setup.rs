@@ -59,6 +59,23 @@ pub(super) fn redacted(url: &str) -> String {
 /// `Unavailable` after the last try; `Setup` for an invalid URL or unreadable credentials.
 pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, QueueError> {
     let addrs = server_addrs(url)?;
+    // The TLS files are read by the client on every attempt; an unreadable one is a setup
+    // error at once, naming the variable, not ten failed connection attempts.
+    for (name, path) in [
+        ("NATS_TLS_CA", &n.nats_tls_ca),
+        ("NATS_TLS_CERT", &n.nats_tls_cert),
+        ("NATS_TLS_KEY", &n.nats_tls_key),
+    ] {
+        if let Some(path) = path
+            && let Err(e) = std::fs::File::open(path)
+        {
+            return Err(QueueError::Setup(format!(
+                "{name}: cannot read {}: {}",
+                path.display(),
+                e.kind()
+            )));
+        }
+    }
     let tries = n.nats_connect_retries.max(1);
     let mut last = String::new();
     for attempt in 1..=tries {
@@ -85,6 +102,12 @@ pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, Queu
         }
         if let Some(ca) = &n.nats_tls_ca {
             opts = opts.add_root_certificates(ca.clone());
+        }
+        // Both or neither (`Settings::validate`); a client certificate means TLS.
+        if let (Some(cert), Some(key)) = (&n.nats_tls_cert, &n.nats_tls_key) {
+            opts = opts
+                .require_tls(true)
+                .add_client_certificate(cert.clone(), key.clone());
         }
         match opts.connect(addrs.as_slice()).await {
             Ok(client) => {
