@@ -17,3 +17,4 @@ mod operator;
 mod pipeline;
 mod store_postgres;
 mod support;
+mod tls;
