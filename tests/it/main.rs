@@ -15,6 +15,7 @@ mod hostile_worker;
 mod loadgen;
 mod operator;
 mod pipeline;
+mod secrets;
 mod store_postgres;
 mod support;
 mod tls;

@@ -95,7 +95,9 @@ async fn https_listener_serves_with_its_certificate_and_refuses_plain_http() {
     let env = TestEnv::new(Kind::Embedded);
     env.import_demo().await;
     let ca = TestCa::new("nsready test CA");
-    let (cert, key) = ca.server(&["127.0.0.1", "localhost"]).write(env.dir.path(), "http");
+    let (cert, key) = ca
+        .server(&["127.0.0.1", "localhost"])
+        .write(env.dir.path(), "http");
     let app = env
         .start(
             Role::Serve,
@@ -103,7 +105,10 @@ async fn https_listener_serves_with_its_certificate_and_refuses_plain_http() {
         )
         .await;
     let client = https_client(&ca, None);
-    assert_eq!(post(&client, app.port, 0).await.expect("https"), StatusCode::OK);
+    assert_eq!(
+        post(&client, app.port, 0).await.expect("https"),
+        StatusCode::OK
+    );
     let health = client
         .get(format!("https://127.0.0.1:{}/v1/health", app.port))
         .send()
@@ -156,14 +161,23 @@ async fn mtls_refuses_clients_without_a_trusted_certificate_at_the_handshake() {
         )
         .await;
     let good = https_client(&ca, Some(&gateways.client("gateway-1")));
-    assert_eq!(post(&good, app.port, 0).await.expect("mTLS"), StatusCode::OK);
+    assert_eq!(
+        post(&good, app.port, 0).await.expect("mTLS"),
+        StatusCode::OK
+    );
     let anonymous = https_client(&ca, None);
     let r = post(&anonymous, app.port, 1).await;
     assert!(r.is_err(), "no client certificate must be refused: {r:?}");
     let stranger = https_client(&ca, Some(&TestCa::new("rogue CA").client("gateway-1")));
     let r = post(&stranger, app.port, 2).await;
-    assert!(r.is_err(), "an untrusted client certificate must be refused: {r:?}");
-    assert_eq!(post(&good, app.port, 3).await.expect("mTLS"), StatusCode::OK);
+    assert!(
+        r.is_err(),
+        "an untrusted client certificate must be refused: {r:?}"
+    );
+    assert_eq!(
+        post(&good, app.port, 3).await.expect("mTLS"),
+        StatusCode::OK
+    );
     wait_until("the two accepted events are rows", SETTLE, || async {
         env.row_count().await == 2
     })
@@ -206,14 +220,19 @@ async fn a_client_that_never_handshakes_loses_its_slot_at_the_header_timeout() {
             .expect("read timeout");
         let mut buf = [0u8; 16];
         // Never sends a byte; the server closes it (EOF), or resets it.
-        matches!(tcp.read(&mut buf), Ok(0) | Err(_))
-            && tcp.read(&mut buf).map_or(true, |n| n == 0)
+        matches!(tcp.read(&mut buf), Ok(0) | Err(_)) && tcp.read(&mut buf).map_or(true, |n| n == 0)
     });
     // Let the silent client take the slot first.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client = https_client(&ca, None);
-    assert_eq!(post(&client, port, 0).await.expect("served"), StatusCode::OK);
-    assert!(silent.await.expect("silent client"), "the silent client was closed");
+    assert_eq!(
+        post(&client, port, 0).await.expect("served"),
+        StatusCode::OK
+    );
+    assert!(
+        silent.await.expect("silent client"),
+        "the silent client was closed"
+    );
     app.stop().await;
 }
 
@@ -268,7 +287,8 @@ fn tls_postgres(ca: &TestCa, names: &[&str]) -> Postgres {
 /// Pings through a fresh store for `url`; the error text on failure.
 async fn ping(url: &str) -> Result<(), String> {
     let pg = PgConnect::from_url(url).map_err(|e| e.to_string())?;
-    let store = PostgresStore::connect(&pg, 1, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let store =
+        PostgresStore::connect(&pg, 1, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     store.ping().await.map_err(|e| e.to_string())
 }
 
@@ -292,11 +312,20 @@ async fn postgres_sslmode_require_encrypts_and_verify_full_checks_ca_and_host() 
     let port = pg.port();
 
     // require: encrypted, nothing verified.
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require&application_name=req");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require&application_name=req"
+    );
     let pgc = PgConnect::from_url(&url).expect("url");
     let store = PostgresStore::connect(&pgc, 1, Duration::from_secs(5)).expect("pool");
-    store.ping().await.expect("sslmode=require against a TLS server");
-    assert_eq!(encrypted(&pg, "req"), "true", "the pooled connection uses TLS");
+    store
+        .ping()
+        .await
+        .expect("sslmode=require against a TLS server");
+    assert_eq!(
+        encrypted(&pg, "req"),
+        "true",
+        "the pooled connection uses TLS"
+    );
     // The default (prefer) encrypts when the server offers it.
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?application_name=pref");
     let pgc = PgConnect::from_url(&url).expect("url");
@@ -310,7 +339,9 @@ async fn postgres_sslmode_require_encrypts_and_verify_full_checks_ca_and_host() 
             "postgres://postgres@{host}:{port}/postgres?sslmode=verify-full&sslrootcert={}",
             root.display()
         );
-        ping(&url).await.unwrap_or_else(|e| panic!("verify-full to {host}: {e}"));
+        ping(&url)
+            .await
+            .unwrap_or_else(|e| panic!("verify-full to {host}: {e}"));
     }
     // The seed-style variables: DB_SSLMODE / DB_SSLROOTCERT.
     let seed = settings(&[
@@ -344,7 +375,9 @@ async fn postgres_sslmode_require_encrypts_and_verify_full_checks_ca_and_host() 
         "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-ca&sslrootcert={}",
         stranger.display()
     );
-    let e = ping(&url).await.expect_err("verify-ca must refuse an unknown CA");
+    let e = ping(&url)
+        .await
+        .expect_err("verify-ca must refuse an unknown CA");
     assert!(e.to_lowercase().contains("certificate"), "{e}");
 }
 
@@ -365,23 +398,40 @@ async fn postgres_verify_full_refuses_a_certificate_for_another_host() {
         .await
         .expect_err("verify-full must refuse a certificate for another name");
     assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
-    assert!(e.to_lowercase().contains("name"), "the error says it is the name: {e}");
+    assert!(
+        e.to_lowercase().contains("name"),
+        "the error says it is the name: {e}"
+    );
     // The same chain passes verify-ca (no name check), and require with a root (libpq).
-    ping(&url("verify-ca")).await.expect("verify-ca ignores the name");
-    ping(&url("require")).await.expect("require + sslrootcert = verify-ca");
+    ping(&url("verify-ca"))
+        .await
+        .expect("verify-ca ignores the name");
+    ping(&url("require"))
+        .await
+        .expect("require + sslrootcert = verify-ca");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sslmode_require_against_a_server_without_tls_fails_clearly() {
     let pg = Postgres::start();
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=require", pg.port());
-    let e = ping(&url).await.expect_err("require must not fall back to plain");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+        pg.port()
+    );
+    let e = ping(&url)
+        .await
+        .expect_err("require must not fall back to plain");
     assert!(e.contains("TLS"), "{e}");
     // disable and the default (prefer) connect in plain text.
-    ping(&format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", pg.port()))
+    ping(&format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port()
+    ))
+    .await
+    .expect("disable");
+    ping(&pg.url("postgres"))
         .await
-        .expect("disable");
-    ping(&pg.url("postgres")).await.expect("prefer falls back to plain");
+        .expect("prefer falls back to plain");
 }
 
 // ---------------------------------------------------------------- NATS
@@ -442,9 +492,18 @@ async fn nats_tls_needs_the_ca_and_a_client_certificate() {
     let ca = s(&n.ca_file);
     let cert = s(&n.client_cert);
     let key = s(&n.client_key);
-    let good = with(&["--nats-tls-ca", &ca, "--nats-tls-cert", &cert, "--nats-tls-key", &key]);
+    let good = with(&[
+        "--nats-tls-ca",
+        &ca,
+        "--nats-tls-cert",
+        &cert,
+        "--nats-tls-key",
+        &key,
+    ]);
     good.validate().expect("valid");
-    let client = jetstream::connect(&url, &good.nats).await.expect("CA + client certificate");
+    let client = jetstream::connect(&url, &good.nats)
+        .await
+        .expect("CA + client certificate");
     drop(client);
 
     let no_cert = with(&["--nats-tls", "--nats-tls-ca", &ca]);
@@ -469,7 +528,10 @@ async fn nats_tls_needs_the_ca_and_a_client_certificate() {
         .expect_err("a server from an untrusted CA must be refused")
         .to_string();
     assert!(e.contains("after 2 attempts"), "{e}");
-    assert!(e.to_lowercase().contains("certificate") || e.to_lowercase().contains("tls"), "{e}");
+    assert!(
+        e.to_lowercase().contains("certificate") || e.to_lowercase().contains("tls"),
+        "{e}"
+    );
 }
 
 /// The whole scale-out pipeline with every hop encrypted: HTTPS in, NATS over TLS with a
@@ -527,7 +589,10 @@ async fn the_pipeline_lands_an_event_over_tls_everywhere() {
     })
     .await;
     let ssl = encrypted(&pg, "nsready_tls");
-    assert!(!ssl.is_empty() && ssl.split(',').all(|v| v == "true"), "{ssl}");
+    assert!(
+        !ssl.is_empty() && ssl.split(',').all(|v| v == "true"),
+        "{ssl}"
+    );
     shutdown.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
 }

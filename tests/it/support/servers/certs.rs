@@ -42,7 +42,11 @@ impl TestCa {
 
     /// A server certificate for `names` (DNS names or IP addresses, as subject alt names).
     pub fn server(&self, names: &[&str]) -> Issued {
-        self.issue(names, names.first().copied().unwrap_or("server"), ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(
+            names,
+            names.first().copied().unwrap_or("server"),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
     }
 
     /// A client certificate with common name `cn`.
@@ -60,7 +64,9 @@ impl TestCa {
         ];
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
         Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
