@@ -299,6 +299,51 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
     }
 
+    fn validated(args: &[&str]) -> Result<(), String> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let mut all = vec!["nsready"];
+        all.extend_from_slice(args);
+        Only::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .settings
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn half_a_certificate_pair_is_refused_naming_both() {
+        for (flag, set, unset) in [
+            ("--tls-cert-file", "TLS_CERT_FILE", "TLS_KEY_FILE"),
+            ("--tls-key-file", "TLS_KEY_FILE", "TLS_CERT_FILE"),
+            ("--nats-tls-cert", "NATS_TLS_CERT", "NATS_TLS_KEY"),
+            ("--nats-tls-key", "NATS_TLS_KEY", "NATS_TLS_CERT"),
+        ] {
+            let e = validated(&[flag, "/x.pem"]).unwrap_err();
+            assert!(e.contains(set) && e.contains(unset), "{flag}: {e}");
+        }
+        let e = validated(&["--tls-client-ca-file", "/ca.pem"]).unwrap_err();
+        assert!(
+            e.contains("TLS_CLIENT_CA_FILE") && e.contains("TLS_CERT_FILE"),
+            "{e}"
+        );
+        let pair = [
+            "--tls-cert-file",
+            "/c",
+            "--tls-key-file",
+            "/k",
+            "--tls-client-ca-file",
+            "/a",
+        ];
+        assert_eq!(validated(&pair), Ok(()));
+        let e = validated(&["--db-sslmode", "sometimes"]).unwrap_err();
+        assert!(e.contains("verify-full"), "{e}");
+    }
+
     #[test]
     fn require_with_a_root_certificate_verifies_the_chain_as_libpq_does() {
         let pg = PgConnect::from_url("postgres://h/x?sslmode=require&sslrootcert=/ca").unwrap();
