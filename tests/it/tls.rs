@@ -115,6 +115,20 @@ async fn https_listener_serves_with_its_certificate_and_refuses_plain_http() {
         .await
         .expect("health over https");
     assert_eq!(health.status(), StatusCode::OK);
+    // `nsready status` reaches the HTTPS service, trusting the CA through SSL_CERT_FILE.
+    let ca_file = ca.write(env.dir.path(), "ca.pem");
+    let url = format!("https://127.0.0.1:{}", app.port);
+    let out = env
+        .command("status", &["--url", &url, "--json"])
+        .env("SSL_CERT_FILE", &ca_file)
+        .output()
+        .expect("nsready status");
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status prints JSON");
+    assert!(
+        status["health"].is_object(),
+        "status read the health document: {status}"
+    );
     // Plain HTTP to the TLS port: the handshake fails, no HTTP answer at all.
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
