@@ -297,6 +297,18 @@ mod tests {
             .to_string();
         assert!(e.contains("DATABASE_URL") && e.contains("sometimes"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
+        for bad in [
+            "postgres://u:hunter2@h:notaport/x",
+            "postgres://u:hunter2@h/x?bogus=hunter2",
+            "host=h password='hunter2",
+            "user=u password=hunter2 bogus",
+        ] {
+            let e = PgConnect::from_url(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("DATABASE_URL") && !e.contains("hunter2"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     fn validated(args: &[&str]) -> Result<(), String> {

@@ -393,6 +393,7 @@ async fn postgres_sslmode_require_encrypts_and_verify_full_checks_ca_and_host() 
         .await
         .expect_err("verify-ca must refuse an unknown CA");
     assert!(e.to_lowercase().contains("certificate"), "{e}");
+    eprintln!("verify-ca, unknown CA: {e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,6 +412,7 @@ async fn postgres_verify_full_refuses_a_certificate_for_another_host() {
     let e = ping(&url("verify-full"))
         .await
         .expect_err("verify-full must refuse a certificate for another name");
+    eprintln!("verify-full, wrong host: {e}");
     assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
     assert!(
         e.to_lowercase().contains("name"),
@@ -435,6 +437,7 @@ async fn postgres_sslmode_require_against_a_server_without_tls_fails_clearly() {
     let e = ping(&url)
         .await
         .expect_err("require must not fall back to plain");
+    eprintln!("require, server without TLS: {e}");
     assert!(e.contains("TLS"), "{e}");
     // disable and the default (prefer) connect in plain text.
     ping(&format!(
@@ -525,6 +528,7 @@ async fn nats_tls_needs_the_ca_and_a_client_certificate() {
         .await
         .expect_err("no client certificate must be refused")
         .to_string();
+    eprintln!("NATS without a client certificate: {e}");
     assert!(e.contains("after 2 attempts"), "{e}");
 
     let untrusted_dir = tempfile::tempdir().expect("dir");
@@ -541,6 +545,7 @@ async fn nats_tls_needs_the_ca_and_a_client_certificate() {
         .await
         .expect_err("a server from an untrusted CA must be refused")
         .to_string();
+    eprintln!("NATS, untrusted CA: {e}");
     assert!(e.contains("after 2 attempts"), "{e}");
     assert!(
         e.to_lowercase().contains("certificate") || e.to_lowercase().contains("tls"),
