@@ -170,6 +170,12 @@ async fn prepare_db(pg: &Postgres, db: &str, owner: &str, password: &str) {
         "postgres",
         &format!("CREATE ROLE {owner} LOGIN PASSWORD '{password}'"),
     );
+    // The migration reads shared_preload_libraries when TimescaleDB is installed on the
+    // machine; a non-superuser owner needs this role for that.
+    pg.psql(
+        "postgres",
+        &format!("GRANT pg_read_all_settings TO {owner}"),
+    );
     pg.psql("postgres", &format!("CREATE DATABASE {db} OWNER {owner}"));
     let url = format!("postgres://{owner}:{password}@127.0.0.1:{}/{db}", pg.port());
     let store = PostgresStore::connect(
