@@ -144,6 +144,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Tls(#[from] crate::collector::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -347,6 +349,8 @@ async fn assemble<Q: Queue, S: Store>(
     role: Role,
     shutdown: Shutdown,
 ) -> Result<App, AppError> {
+    // Before anything is spawned: an unusable certificate stops the start.
+    let tls = collector::tls::acceptor(&settings.http)?;
     let metrics = Metrics::new();
     let pool_state = if role.has_workers() {
         let pool = WorkerPool::new(
@@ -388,14 +392,14 @@ async fn assemble<Q: Queue, S: Store>(
             source,
         })?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    tracing::info!(role = role.name(), port, "listening");
+    tracing::info!(role = role.name(), port, tls = tls.is_some(), "listening");
     let limits = ServerLimits {
         header_timeout: settings.http.http_header_timeout,
         idle_timeout: settings.http.http_idle_timeout,
         max_connections: settings.http.http_max_connections,
         shutdown_timeout: settings.http.shutdown_timeout,
     };
-    let run = Box::pin(serve(listener, router, limits, shutdown));
+    let run = Box::pin(serve(listener, router, limits, tls, shutdown));
     Ok(App { port, run })
 }
 
@@ -406,9 +410,10 @@ async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ServerLimits,
+    tls: Option<collector::tls::TlsAcceptor>,
     shutdown: Shutdown,
 ) -> Result<(), AppError> {
-    let deadline = collector::serve::run(listener, router, limits, &shutdown).await;
+    let deadline = collector::serve::run(listener, router, limits, tls, &shutdown).await;
     tracing::info!("HTTP stopped; waiting for workers to flush their batches");
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     if shutdown.drained(left).await {

@@ -16,17 +16,21 @@ mod http;
 mod nats;
 mod queue;
 mod secret;
+mod secret_files;
+mod tls;
 mod tools;
 mod validate;
 mod worker;
 
-pub use db::DbArgs;
+pub use db::{DbArgs, SslMode};
 pub use duration::parse_duration;
 pub use embedded::EmbeddedArgs;
 pub use http::HttpArgs;
 pub use nats::NatsArgs;
 pub use queue::QueueArgs;
 pub use secret::Secret;
+pub use secret_files::{SECRET_FILES, read_secret};
+pub use tls::PgTls;
 pub use tools::{ServiceUrl, StatusThresholds};
 pub use worker::{ValidationMode, WorkerArgs};
 
@@ -53,6 +57,20 @@ pub enum ConfigError {
     EmptySecret {
         name: &'static str,
         hint: &'static str,
+    },
+    /// A secret given both directly and as a `*_FILE`.
+    #[error("{name} and {file_name} are both set; set one of them")]
+    SecretFileConflict {
+        name: &'static str,
+        file_name: &'static str,
+    },
+    /// A `*_FILE` (or another file a setting names) that cannot be used; the content is
+    /// never printed.
+    #[error("{name}: cannot use {}: {reason}", path.display())]
+    SecretFileUnreadable {
+        name: &'static str,
+        path: PathBuf,
+        reason: String,
     },
 }
 
@@ -112,6 +130,8 @@ pub enum Deployment {
 #[derive(Clone, Debug)]
 pub struct PgConnect {
     pub config: tokio_postgres::Config,
+    /// `sslmode` / `sslrootcert` (tokio-postgres knows only part of them).
+    pub tls: PgTls,
 }
 
 impl Settings {
@@ -159,15 +179,13 @@ impl Settings {
     /// PostgreSQL parameters from DATABASE_URL, or the seed's DB_HOST / POSTGRES_* names.
     fn pg_connect(&self) -> Result<Option<PgConnect>, ConfigError> {
         let d = &self.db;
+        let tls = PgTls {
+            mode: d.db_sslmode.unwrap_or(SslMode::Prefer),
+            root_cert: d.db_sslrootcert.clone(),
+            root_cert_from: "DB_SSLROOTCERT",
+        };
         if let Some(url) = d.database_url.as_ref().filter(|s| !s.0.trim().is_empty()) {
-            let config: tokio_postgres::Config =
-                url.expose()
-                    .parse()
-                    .map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
-                        name: "DATABASE_URL",
-                        reason: format!("not a PostgreSQL URL ({e})"),
-                    })?;
-            return Ok(Some(PgConnect { config }));
+            return PgConnect::from_url_or(url.expose(), tls).map(Some);
         }
         let host = d
             .db_host
@@ -186,7 +204,8 @@ impl Settings {
         if let Some(pw) = &d.postgres_password {
             config.password(pw.expose());
         }
-        Ok(Some(PgConnect { config }))
+        config.ssl_mode(tls.driver_mode());
+        Ok(Some(PgConnect { config, tls }))
     }
 }
 

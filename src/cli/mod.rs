@@ -75,7 +75,9 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let s = cli.settings;
+    let mut s = cli.settings;
+    // Once, before anything validates or uses a secret.
+    s.resolve_secret_files()?;
     if !matches!(
         cli.command,
         Command::Serve { .. } | Command::Collector | Command::Worker | Command::Loadgen(_)

@@ -14,6 +14,7 @@ pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod serve;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,6 +18,12 @@
 //! - The body is bounded by `HTTP_BODY_TIMEOUT` in [`super::body::read_body`] (408), and the
 //!   number of ingest requests in progress by the in-flight cap of [`super::router`] (503).
 //!
+//! - **TLS** (`TLS_CERT_FILE`, [`super::tls`]): the handshake runs in the connection's own
+//!   task, after the permit is taken, and must finish within `HTTP_HEADER_TIMEOUT`, so a
+//!   client that connects and never handshakes holds its slot no longer than one that
+//!   never finishes its headers. A failed handshake (no or an untrusted client certificate
+//!   under mTLS, plain HTTP on the TLS port) closes the connection.
+//!
 //! Each connection has a watchdog fed by the socket's reads and by the requests' start and
 //! end (hyper's own header timer starts when a connection goes idle, so it cannot tell a
 //! slow request from an idle keep-alive connection).
@@ -45,6 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use super::tls::TlsAcceptor;
 use crate::shutdown::Shutdown;
 
 /// Most bytes hyper buffers per connection while reading a request head (headers).
@@ -64,11 +71,13 @@ pub struct ServerLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then drains (see the module
-/// comment). Returns the instant at which `SHUTDOWN_TIMEOUT` ends.
+/// comment). Returns the instant at which `SHUTDOWN_TIMEOUT` ends. With `tls`, every
+/// connection is HTTPS.
 pub async fn run(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: &Shutdown,
 ) -> Instant {
     let max = limits
@@ -107,8 +116,9 @@ pub async fn run(
             }
         };
         let _ = tcp.set_nodelay(true);
-        shutdown.spawn(connection(
+        shutdown.spawn(handshake_then_serve(
             tcp,
+            tls.clone(),
             router.clone(),
             limits,
             stop.clone(),
@@ -144,15 +154,50 @@ pub async fn run(
     deadline
 }
 
-/// Serves one connection until it ends, times out, or the hard stop comes.
-async fn connection(
+/// Runs the TLS handshake (when configured) within `HTTP_HEADER_TIMEOUT`, then serves.
+async fn handshake_then_serve(
     tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    limits: ServerLimits,
+    graceful: CancellationToken,
+    hard_stop: CancellationToken,
+    slot: OwnedSemaphorePermit,
+) {
+    let Some(acceptor) = tls else {
+        return connection(tcp, router, limits, graceful, hard_stop, slot).await;
+    };
+    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed; connection closed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(timeout = "HTTP_HEADER_TIMEOUT", "TLS handshake not finished in time; connection closed");
+                return;
+            }
+        },
+        // No request has started on a connection still in its handshake: nothing to finish.
+        () = graceful.cancelled() => return,
+        () = hard_stop.cancelled() => return,
+    };
+    connection(stream, router, limits, graceful, hard_stop, slot).await
+}
+
+/// Serves one connection until it ends, times out, or the hard stop comes.
+async fn connection<IO>(
+    tcp: IO,
     router: Router,
     limits: ServerLimits,
     graceful: CancellationToken,
     hard_stop: CancellationToken,
     _slot: OwnedSemaphorePermit,
-) {
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let watch = Arc::new(Watch::new());
     let io = TokioIo::new(Watched {
         inner: tcp,
@@ -299,13 +344,14 @@ impl Watch {
     }
 }
 
-/// The client socket, reporting its reads to the watchdog.
-struct Watched {
-    inner: TcpStream,
+/// The client socket (or its TLS stream: decrypted bytes), reporting its reads to the
+/// watchdog.
+struct Watched<IO> {
+    inner: IO,
     watch: Arc<Watch>,
 }
 
-impl AsyncRead for Watched {
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -320,7 +366,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,8 +1,9 @@
 //! PostgreSQL settings (scale-out store).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::{Secret, parse_duration};
 
@@ -14,6 +15,9 @@ pub struct DbArgs {
     /// POSTGRES_HOST) selects the scale-out deployment.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<Secret>,
+    /// File holding DATABASE_URL (container secrets; one trailing newline is stripped).
+    #[arg(long, env = "DATABASE_URL_FILE", global = true)]
+    pub database_url_file: Option<PathBuf>,
     /// PostgreSQL host (seed name).
     #[arg(long, env = "DB_HOST", global = true)]
     pub db_host: Option<String>,
@@ -35,6 +39,19 @@ pub struct DbArgs {
     /// Database password.
     #[arg(long, env = "POSTGRES_PASSWORD", global = true, hide_env_values = true)]
     pub postgres_password: Option<Secret>,
+    /// File holding POSTGRES_PASSWORD (container secrets; one trailing newline is stripped).
+    #[arg(long, env = "POSTGRES_PASSWORD_FILE", global = true)]
+    pub postgres_password_file: Option<PathBuf>,
+    /// TLS towards PostgreSQL, as libpq's sslmode: disable, prefer (TLS when the server
+    /// offers it, unverified; the default), require (TLS, unverified unless a root
+    /// certificate is given), verify-ca (chain to a trusted root), verify-full (chain and
+    /// host name). An `sslmode` in DATABASE_URL wins over it.
+    #[arg(long, env = "DB_SSLMODE", value_enum, global = true)]
+    pub db_sslmode: Option<SslMode>,
+    /// Root certificate(s) (PEM) trusted for PostgreSQL TLS; without it the verifying modes
+    /// use the system's roots. An `sslrootcert` in DATABASE_URL wins over it.
+    #[arg(long, env = "DB_SSLROOTCERT", global = true)]
+    pub db_sslrootcert: Option<PathBuf>,
     /// Connections in the pool (per process).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8, global = true)]
     pub db_pool_size: usize,
@@ -49,4 +66,14 @@ pub struct DbArgs {
     /// Pause between the start-up attempts of DB_CONNECT_RETRIES.
     #[arg(long, env = "DB_CONNECT_DELAY", default_value = "2", value_parser = parse_duration, global = true)]
     pub db_connect_delay: Duration,
+}
+
+/// libpq's `sslmode` (what each checks: see `DB_SSLMODE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }

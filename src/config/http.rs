@@ -1,5 +1,6 @@
 //! HTTP listener and ingest limit settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -25,6 +26,20 @@ pub struct HttpArgs {
     /// When set, ingest requires `Authorization: Bearer <token>`; otherwise 401.
     #[arg(long, env = "INGEST_AUTH_TOKEN", global = true, hide_env_values = true)]
     pub ingest_auth_token: Option<Secret>,
+    /// File holding INGEST_AUTH_TOKEN (container secrets; one trailing newline is stripped).
+    #[arg(long, env = "INGEST_AUTH_TOKEN_FILE", global = true)]
+    pub ingest_auth_token_file: Option<PathBuf>,
+    /// Certificate chain (PEM) of the HTTP listener; with TLS_KEY_FILE the listener speaks
+    /// HTTPS only. The handshake must finish within HTTP_HEADER_TIMEOUT.
+    #[arg(long, env = "TLS_CERT_FILE", global = true)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", global = true)]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM): when set, every client must present a certificate signed by
+    /// one of them (mTLS); a client without one is refused in the handshake.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE", global = true)]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Time allowed for a clean stop after SIGTERM, counted from the signal: HTTP stops
     /// accepting and finishes in-flight requests, workers flush their batches; connections
     /// still open at the end (a client stalled in a body) are dropped and the process exits.

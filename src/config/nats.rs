@@ -27,9 +27,15 @@ pub struct NatsArgs {
     /// NATS password.
     #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
     pub nats_password: Option<Secret>,
+    /// File holding NATS_PASSWORD (container secrets; one trailing newline is stripped).
+    #[arg(long, env = "NATS_PASSWORD_FILE", global = true)]
+    pub nats_password_file: Option<PathBuf>,
     /// NATS token.
     #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]
     pub nats_token: Option<Secret>,
+    /// File holding NATS_TOKEN (container secrets; one trailing newline is stripped).
+    #[arg(long, env = "NATS_TOKEN_FILE", global = true)]
+    pub nats_token_file: Option<PathBuf>,
     /// Path to a NATS credentials file (.creds).
     #[arg(long, env = "NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
@@ -39,6 +45,13 @@ pub struct NatsArgs {
     /// Extra root certificate (PEM) to trust for NATS TLS.
     #[arg(long, env = "NATS_TLS_CA", global = true)]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to NATS (servers with `verify: true`); with
+    /// NATS_TLS_KEY.
+    #[arg(long, env = "NATS_TLS_CERT", global = true)]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of NATS_TLS_CERT.
+    #[arg(long, env = "NATS_TLS_KEY", global = true)]
+    pub nats_tls_key: Option<PathBuf>,
     /// Connection attempts at start before giving up (the seed's 10).
     #[arg(
         long,

@@ -24,7 +24,9 @@ impl Settings {
     /// `EmptySecret` naming the variable of an empty or whitespace-only secret; `Invalid`
     /// naming the variable (and the one it conflicts with) for a limit that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_secret_files_resolved()?;
         self.validate_secrets()?;
+        self.validate_tls()?;
         self.validate_http()?;
         self.validate_worker()?;
         self.validate_queue()?;

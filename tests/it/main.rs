@@ -16,6 +16,8 @@ mod loadgen;
 mod operator;
 mod pipeline;
 mod privilege;
+mod secrets;
 mod store_postgres;
 mod support;
 mod tenant;
+mod tls;

@@ -20,9 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// A migrated store on a fresh database `name`.
 async fn store(pg: &Postgres, name: &str) -> PostgresStore {
     let url = pg.create_database(name);
-    let pg_connect = PgConnect {
-        config: url.parse().expect("the harness gives a valid URL"),
-    };
+    let pg_connect = PgConnect::from_url(&url).expect("the harness gives a valid URL");
     let store = PostgresStore::connect(&pg_connect, 4, TIMEOUT).expect("pool builds");
     store.migrate().await.expect("migrations apply");
     store
@@ -109,9 +107,7 @@ async fn migrations_apply_twice_and_create_all_tables_and_both_views() {
 async fn concurrent_migrations_of_a_fresh_database_all_succeed() {
     let pg = Postgres::start();
     let url = pg.create_database("t");
-    let pg_connect = PgConnect {
-        config: url.parse().expect("the harness gives a valid URL"),
-    };
+    let pg_connect = PgConnect::from_url(&url).expect("the harness gives a valid URL");
     // Separate pools, as separate processes would have; the advisory lock serialises them.
     let stores: Vec<PostgresStore> = (0..4)
         .map(|_| PostgresStore::connect(&pg_connect, 1, TIMEOUT).expect("pool builds"))

@@ -35,6 +35,75 @@ pub fn server_addrs(url: &str) -> Result<Vec<ServerAddr>, QueueError> {
     Ok(addrs)
 }
 
+/// Credentials written into `NATS_URL` (`nats://user:password@host`, `nats://token@host`).
+#[derive(Clone, PartialEq, Eq)]
+enum UrlAuth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// Takes the credentials out of the server addresses. async-nats does not send a URL's
+/// credentials itself (they must be connect options) and logs each address, password
+/// included, at debug level; so the addresses it gets carry none. Every server that names
+/// credentials must name the same ones (one client, one identity).
+///
+/// # Errors
+/// `Setup` when the servers of the list name different credentials.
+fn split_credentials(
+    addrs: Vec<ServerAddr>,
+) -> Result<(Vec<ServerAddr>, Option<UrlAuth>), QueueError> {
+    let mut auth: Option<UrlAuth> = None;
+    let mut bare = Vec::with_capacity(addrs.len());
+    for (i, addr) in addrs.into_iter().enumerate() {
+        let this = match (addr.username(), addr.password()) {
+            (Some(user), Some(pw)) => Some(UrlAuth::UserPassword(
+                percent_decoded(user),
+                percent_decoded(pw),
+            )),
+            (Some(token), None) => Some(UrlAuth::Token(percent_decoded(token))),
+            _ => None,
+        };
+        if let Some(this) = this {
+            if auth.as_ref().is_some_and(|a| *a != this) {
+                return Err(QueueError::Setup(format!(
+                    "NATS_URL: server {} of the list names other credentials than the                      ones before it",
+                    i + 1
+                )));
+            }
+            auth = Some(this);
+        }
+        let mut url = addr.into_inner();
+        // Cannot fail for nats:// and tls:// URLs with a host (ServerAddr checked both).
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        bare.push(ServerAddr::from_url(url).map_err(|e| {
+            QueueError::Setup(format!("NATS_URL: server {} of the list: {e}", i + 1))
+        })?);
+    }
+    Ok((bare, auth))
+}
+
+/// `%XX` escapes of a URL's user or password decoded (a password may hold `@` or `:`).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+        match (b[i], hex(b.get(i + 1)), hex(b.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `NATS_URL` for logs and errors: every `user:password@` (or `token@`) part removed, so no
 /// credential is ever printed.
 pub(super) fn redacted(url: &str) -> String {
@@ -58,7 +127,24 @@ pub(super) fn redacted(url: &str) -> String {
 /// # Errors
 /// `Unavailable` after the last try; `Setup` for an invalid URL or unreadable credentials.
 pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, QueueError> {
-    let addrs = server_addrs(url)?;
+    let (addrs, url_auth) = split_credentials(server_addrs(url)?)?;
+    // The TLS files are read by the client on every attempt; an unreadable one is a setup
+    // error at once, naming the variable, not ten failed connection attempts.
+    for (name, path) in [
+        ("NATS_TLS_CA", &n.nats_tls_ca),
+        ("NATS_TLS_CERT", &n.nats_tls_cert),
+        ("NATS_TLS_KEY", &n.nats_tls_key),
+    ] {
+        if let Some(path) = path
+            && let Err(e) = std::fs::File::open(path)
+        {
+            return Err(QueueError::Setup(format!(
+                "{name}: cannot read {}: {}",
+                path.display(),
+                e.kind()
+            )));
+        }
+    }
     let tries = n.nats_connect_retries.max(1);
     let mut last = String::new();
     for attempt in 1..=tries {
@@ -75,6 +161,14 @@ pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, Queu
         if let Some(token) = &n.nats_token {
             opts = opts.token(token.expose().to_string());
         }
+        // Credentials in NATS_URL win over NATS_USER / NATS_PASSWORD / NATS_TOKEN.
+        match &url_auth {
+            Some(UrlAuth::UserPassword(user, pw)) => {
+                opts = opts.user_and_password(user.clone(), pw.clone());
+            }
+            Some(UrlAuth::Token(token)) => opts = opts.token(token.clone()),
+            None => {}
+        }
         if let Some(creds) = &n.nats_creds {
             opts = opts.credentials_file(creds).await.map_err(|e| {
                 QueueError::Setup(format!("cannot read NATS_CREDS {}: {e}", creds.display()))
@@ -85,6 +179,12 @@ pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, Queu
         }
         if let Some(ca) = &n.nats_tls_ca {
             opts = opts.add_root_certificates(ca.clone());
+        }
+        // Both or neither (`Settings::validate`); a client certificate means TLS.
+        if let (Some(cert), Some(key)) = (&n.nats_tls_cert, &n.nats_tls_key) {
+            opts = opts
+                .require_tls(true)
+                .add_client_certificate(cert.clone(), key.clone());
         }
         match opts.connect(addrs.as_slice()).await {
             Ok(client) => {
@@ -292,7 +392,7 @@ async fn ensure_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{UrlAuth, redacted, server_addrs, split_credentials};
 
     #[test]
     fn credentials_never_reach_a_log_line() {
@@ -302,5 +402,22 @@ mod tests {
         );
         assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
         assert_eq!(redacted("a:b@host"), "host");
+    }
+
+    #[test]
+    fn url_credentials_become_connect_options_and_leave_the_addresses() {
+        let addrs =
+            server_addrs("nats://us%40r:p%3Aw@a:4222,nats://us%40r:p%3Aw@b:4222,nats://c:1")
+                .unwrap();
+        let (bare, auth) = split_credentials(addrs).unwrap();
+        assert!(auth == Some(UrlAuth::UserPassword("us@r".into(), "p:w".into())));
+        for a in &bare {
+            assert!(!a.has_user_pass() && a.password().is_none(), "{a:?}");
+            assert!(!format!("{a:?}").contains("p%3Aw"), "{a:?}");
+        }
+        let (_, auth) = split_credentials(server_addrs("tls://tok3n@a:4222").unwrap()).unwrap();
+        assert!(auth == Some(UrlAuth::Token("tok3n".into())));
+        let mixed = server_addrs("nats://u:one@a:1,nats://u:two@b:1").unwrap();
+        assert!(split_credentials(mixed).is_err());
     }
 }

@@ -112,7 +112,9 @@ pub(crate) fn classify_pool(e: &PoolError) -> StoreError {
         PoolError::Backend(e) => {
             let text = match e.as_db_error() {
                 Some(db) => refusal(db, false).to_string(),
-                None => e.to_string(),
+                // tokio-postgres's Display stops at the kind ("error performing TLS
+                // handshake"); the cause (which certificate check failed) is its source.
+                None => with_sources(e),
             };
             StoreError::Unavailable(format!("cannot connect: {text}"))
         }
@@ -120,6 +122,21 @@ pub(crate) fn classify_pool(e: &PoolError) -> StoreError {
         PoolError::PostCreateHook(e) => StoreError::Unavailable(format!("cannot connect: {e}")),
         PoolError::NoRuntimeSpecified => StoreError::Other(e.to_string()),
     }
+}
+
+/// An error and its chain of causes, `a: b: c` (connection errors: no secret in them).
+fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]

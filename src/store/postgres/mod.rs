@@ -11,16 +11,18 @@
 mod error;
 mod migrate;
 mod registry;
+mod tls;
 
 use std::fmt;
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::time::error::Elapsed;
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::IsolationLevel;
 use uuid::Uuid;
 
 use self::error::{classify, classify_pool};
+use self::tls::PgTlsConnector;
 use crate::config::PgConnect;
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
 use crate::store::{ErrorLogEntry, LatestValue, Refusal, Row, Store, StoreError};
@@ -63,6 +65,8 @@ pub struct PostgresStore {
     /// Longest wait for a connection (waiting for a free slot, connecting) and, separately,
     /// for one operation on it. Past it the database counts as unavailable.
     timeout: Duration,
+    /// The pool's TLS connector (`sslmode`), also for cancel requests.
+    tls: PgTlsConnector,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -82,17 +86,18 @@ impl PostgresStore {
     /// tells).
     ///
     /// # Errors
-    /// `Other` when the pool cannot be built (a programming error, not the database).
+    /// `Other` when the pool cannot be built (a programming error, not the database), or
+    /// when the TLS settings cannot be used (an unreadable `sslrootcert`).
     pub fn connect(
         pg: &PgConnect,
         pool_size: usize,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        // NoTls: TLS to PostgreSQL is out of scope for now (loopback or a private network);
-        // sslmode=require in the URL therefore fails at connect rather than going plain.
+        // TLS as `sslmode` says (see `tls`); the driver's own ssl_mode was set to match.
+        let tls = PgTlsConnector::new(&pg.tls)?;
         let manager = Manager::from_config(
             pg.config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 // Fast: only checks that the connection is not closed. A connection that
                 // died unnoticed fails one operation as Unavailable, which the worker retries;
@@ -109,7 +114,7 @@ impl PostgresStore {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the connection pool: {e}")))?;
-        Ok(PostgresStore { pool, timeout })
+        Ok(PostgresStore { pool, timeout, tls })
     }
 
     /// A pooled connection, within the pool's timeouts.
@@ -134,7 +139,7 @@ impl PostgresStore {
                 let token = client.cancel_token();
                 // Bounded: an unreachable server is the usual reason we got here.
                 if let Ok(Err(e)) =
-                    tokio::time::timeout(CANCEL_WAIT, token.cancel_query(NoTls)).await
+                    tokio::time::timeout(CANCEL_WAIT, token.cancel_query(self.tls.clone())).await
                 {
                     tracing::debug!(error = %e, "cancel request failed");
                 }

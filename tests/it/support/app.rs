@@ -221,9 +221,7 @@ impl TestEnv {
         match self.kind {
             Kind::ScaleOut => {
                 let url = self.db_url.as_ref().expect("db url");
-                let pg = nsready::config::PgConnect {
-                    config: url.parse().expect("pg url"),
-                };
+                let pg = nsready::config::PgConnect::from_url(url).expect("pg url");
                 let s = PostgresStore::connect(&pg, 2, Duration::from_secs(5)).expect("store");
                 f.call(s).await
             }

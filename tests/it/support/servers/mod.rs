@@ -84,14 +84,16 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0 to find a free port")
 }
 
+mod certs;
 mod cluster;
 mod nats;
 mod pg_install;
 mod postgres;
 mod process;
 
+pub use certs::{Issued, TestCa};
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 use pg_install::*;
-pub use postgres::Postgres;
+pub use postgres::{PgOptions, Postgres};
 use process::*;

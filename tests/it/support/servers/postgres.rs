@@ -26,6 +26,8 @@ pub struct Postgres {
     pub(super) sock_dir: PathBuf,
     pub(super) log_path: PathBuf,
     pub(super) child: Mutex<Option<Child>>,
+    /// Extra `-c name=value` settings of [`Postgres::start_with`], kept across restarts.
+    pub(super) settings: Vec<String>,
     // Last field: removed after `Drop::drop` has stopped the server.
     pub(super) dir: TempDir,
 }
@@ -35,6 +37,11 @@ impl Postgres {
     ///
     /// Panics with the server log tail on failure.
     pub fn start() -> Postgres {
+        Self::start_with(PgOptions::default())
+    }
+
+    /// Like [`Postgres::start`], with TLS on and/or a replaced `pg_hba.conf` ([`PgOptions`]).
+    pub fn start_with(opts: PgOptions) -> Postgres {
         let install = pg_install();
         let owner = server_owner();
         let template = pg_template();
@@ -56,6 +63,23 @@ impl Postgres {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut settings = Vec::new();
+        if let Some((cert, key)) = &opts.tls {
+            let cert_path = dir.path().join("server.crt");
+            let key_path = dir.path().join("server.key");
+            fs::write(&cert_path, cert).expect("write server.crt");
+            fs::write(&key_path, key).expect("write server.key");
+            // PostgreSQL refuses a key readable by others.
+            fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).expect("chmod key");
+            settings.extend([
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", cert_path.display()),
+                format!("ssl_key_file={}", key_path.display()),
+            ]);
+        }
+        if let Some(hba) = &opts.hba {
+            fs::write(data_dir.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
         // The temp dir itself too: it is 0700, and the server must reach `data` and `sock`.
         chown_tree(dir.path(), owner);
 
@@ -67,6 +91,7 @@ impl Postgres {
             sock_dir,
             log_path: dir.path().join("postgres.log"),
             child: Mutex::new(None),
+            settings,
             dir,
         };
         for attempt in 1..=PORT_ATTEMPTS {
@@ -222,6 +247,7 @@ impl Postgres {
                     "-c",
                     "max_connections=200",
                 ])
+                .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
                 .current_dir(self.dir.path())
                 .stdin(Stdio::null());
             run_as(&mut cmd, self.owner);
@@ -292,6 +318,27 @@ impl Postgres {
             self.log_path.display(),
             self.log_tail(LOG_TAIL_LINES)
         )
+    }
+}
+
+/// Options of [`Postgres::start_with`].
+#[derive(Clone, Debug, Default)]
+pub struct PgOptions {
+    /// (certificate chain PEM, private key PEM): the server runs with `ssl=on` and them.
+    pub tls: Option<(String, String)>,
+    /// Replaces `pg_hba.conf` (keep `host all postgres 127.0.0.1/32 trust` for the
+    /// harness's own `psql` and readiness checks).
+    pub hba: Option<String>,
+}
+
+impl PgOptions {
+    /// `pg_hba.conf` with trust for the `postgres` superuser (the harness) and
+    /// `scram-sha-256` password authentication for every other user over TCP.
+    pub fn password_auth() -> String {
+        "local all all trust\n\
+         host all postgres 127.0.0.1/32 trust\n\
+         host all all 127.0.0.1/32 scram-sha-256\n"
+            .to_string()
     }
 }
 
