@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, consumer, stream};
+use backon::Retryable;
 
 use super::{JetStreamOptions, JetStreamQueue};
 use crate::config::NatsArgs;
@@ -145,66 +146,97 @@ pub async fn connect(url: &str, n: &NatsArgs) -> Result<async_nats::Client, Queu
             )));
         }
     }
+    // NATS_CONNECT_RETRIES attempts, NATS_CONNECT_DELAY apart plus up to as much jitter;
+    // a setup error (unreadable credentials) is not retried.
     let tries = n.nats_connect_retries.max(1);
-    let mut last = String::new();
-    for attempt in 1..=tries {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name("nsready")
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(|ev| async move {
-                tracing::info!(event = %ev, "nats connection event");
-            });
-        if let (Some(user), Some(pw)) = (&n.nats_user, &n.nats_password) {
-            opts = opts.user_and_password(user.clone(), pw.expose().to_string());
+    let policy = backon::ConstantBuilder::default()
+        .with_delay(n.nats_connect_delay)
+        .with_max_times(tries.saturating_sub(1) as usize)
+        .with_jitter();
+    let mut attempt = 0u32;
+    let connected = (|| connect_once(&addrs, url_auth.as_ref(), n))
+        .retry(policy)
+        .when(|e| matches!(e, Attempt::Failed(_)))
+        .notify(|e, _| {
+            attempt += 1;
+            tracing::warn!(url = %redacted(url), attempt, tries, error = %e, "NATS connection attempt failed");
+        })
+        .await;
+    match connected {
+        Ok(client) => {
+            let server = client.server_info().server_name;
+            tracing::info!(url = %redacted(url), server = %server, "connected to NATS");
+            Ok(client)
         }
-        if let Some(token) = &n.nats_token {
-            opts = opts.token(token.expose().to_string());
-        }
-        // Credentials in NATS_URL win over NATS_USER / NATS_PASSWORD / NATS_TOKEN.
-        match &url_auth {
-            Some(UrlAuth::UserPassword(user, pw)) => {
-                opts = opts.user_and_password(user.clone(), pw.clone());
-            }
-            Some(UrlAuth::Token(token)) => opts = opts.token(token.clone()),
-            None => {}
-        }
-        if let Some(creds) = &n.nats_creds {
-            opts = opts.credentials_file(creds).await.map_err(|e| {
-                QueueError::Setup(format!("cannot read NATS_CREDS {}: {e}", creds.display()))
-            })?;
-        }
-        if n.nats_tls {
-            opts = opts.require_tls(true);
-        }
-        if let Some(ca) = &n.nats_tls_ca {
-            opts = opts.add_root_certificates(ca.clone());
-        }
-        // Both or neither (`Settings::validate`); a client certificate means TLS.
-        if let (Some(cert), Some(key)) = (&n.nats_tls_cert, &n.nats_tls_key) {
-            opts = opts
-                .require_tls(true)
-                .add_client_certificate(cert.clone(), key.clone());
-        }
-        match opts.connect(addrs.as_slice()).await {
-            Ok(client) => {
-                let server = client.server_info().server_name;
-                tracing::info!(url = %redacted(url), server = %server, "connected to NATS");
-                return Ok(client);
-            }
-            Err(e) => {
-                last = e.to_string();
-                tracing::warn!(url = %redacted(url), attempt, tries, error = %e, "NATS connection attempt failed");
-                if attempt < tries {
-                    tokio::time::sleep(n.nats_connect_delay).await;
-                }
-            }
-        }
+        Err(Attempt::Setup(e)) => Err(e),
+        Err(Attempt::Failed(last)) => Err(QueueError::Unavailable(format!(
+            "cannot connect to NATS at {} after {tries} attempts: {last}",
+            redacted(url)
+        ))),
     }
-    Err(QueueError::Unavailable(format!(
-        "cannot connect to NATS at {} after {tries} attempts: {last}",
-        redacted(url)
-    )))
+}
+
+/// Why one connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum Attempt {
+    /// The options cannot work (unreadable NATS_CREDS): no retry.
+    #[error(transparent)]
+    Setup(QueueError),
+    /// The server did not take the connection (down, refused, TLS): retried.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One connection attempt with every option of the settings.
+async fn connect_once(
+    addrs: &[ServerAddr],
+    url_auth: Option<&UrlAuth>,
+    n: &NatsArgs,
+) -> Result<async_nats::Client, Attempt> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("nsready")
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|ev| async move {
+            tracing::info!(event = %ev, "nats connection event");
+        });
+    if let (Some(user), Some(pw)) = (&n.nats_user, &n.nats_password) {
+        opts = opts.user_and_password(user.clone(), pw.expose().to_string());
+    }
+    if let Some(token) = &n.nats_token {
+        opts = opts.token(token.expose().to_string());
+    }
+    // Credentials in NATS_URL win over NATS_USER / NATS_PASSWORD / NATS_TOKEN.
+    match url_auth {
+        Some(UrlAuth::UserPassword(user, pw)) => {
+            opts = opts.user_and_password(user.clone(), pw.clone());
+        }
+        Some(UrlAuth::Token(token)) => opts = opts.token(token.clone()),
+        None => {}
+    }
+    if let Some(creds) = &n.nats_creds {
+        opts = opts.credentials_file(creds).await.map_err(|e| {
+            Attempt::Setup(QueueError::Setup(format!(
+                "cannot read NATS_CREDS {}: {e}",
+                creds.display()
+            )))
+        })?;
+    }
+    if n.nats_tls {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &n.nats_tls_ca {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    // Both or neither (`Settings::validate`); a client certificate means TLS.
+    if let (Some(cert), Some(key)) = (&n.nats_tls_cert, &n.nats_tls_key) {
+        opts = opts
+            .require_tls(true)
+            .add_client_certificate(cert.clone(), key.clone());
+    }
+    opts.connect(addrs)
+        .await
+        .map_err(|e| Attempt::Failed(e.to_string()))
 }
 
 impl JetStreamQueue {
