@@ -12,9 +12,11 @@ use std::pin::Pin;
 
 use tokio::net::TcpListener;
 
+use crate::collector::auth::{self, Auth, Exposure, TokenCache};
+use crate::collector::rate::DeviceLimiter;
 use crate::collector::serve::ServerLimits;
 use crate::collector::{self, Collector, HttpSettings};
-use crate::config::{Deployment, Settings};
+use crate::config::{Deployment, IngestAuth, Settings};
 use crate::metrics::Metrics;
 use crate::queue::embedded::EmbeddedQueueOptions;
 use crate::queue::jetstream::{self, JetStreamOptions};
@@ -151,6 +153,9 @@ impl App {
         shutdown: Shutdown,
     ) -> Result<App, AppError> {
         settings.validate()?;
+        if role.has_collector() {
+            protected_mode(settings)?;
+        }
         match settings.deployment()? {
             Deployment::Embedded { data_dir } => {
                 if role != Role::Serve {
@@ -236,6 +241,72 @@ async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Resul
     }
 }
 
+/// Protected mode (see [`auth::check_exposure`]): refuses open ingest beyond loopback unless
+/// INGEST_AUTH=none says so, and then warns once.
+fn protected_mode(settings: &Settings) -> Result<(), AppError> {
+    let host = &settings.http.service_host;
+    match auth::check_exposure(settings.http.auth_mode(), host) {
+        Ok(Exposure::Safe) => Ok(()),
+        Ok(Exposure::OpenOnPurpose) => {
+            tracing::warn!(
+                service_host = %host,
+                "INGEST_AUTH=none on a non-loopback address: ingest is open, anyone who can \
+                 reach the port can write for any device"
+            );
+            Ok(())
+        }
+        Err(e) => Err(AppError::Refused(e.to_string())),
+    }
+}
+
+/// The authentication of a role with a collector. With INGEST_AUTH=token the tokens are
+/// loaded now (retrying while the database is unreachable, like migrations) and reloaded
+/// every REGISTRY_REFRESH_INTERVAL; when they cannot be loaded the service refuses to start
+/// (never open by accident, and a 503 for every request would only hide the cause).
+async fn ingest_auth<S: Store>(
+    store: &S,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<Auth, AppError> {
+    match settings.http.auth_mode() {
+        None | Some(IngestAuth::None) => Ok(Auth::Open),
+        Some(IngestAuth::Shared) => match &settings.http.ingest_auth_token {
+            Some(t) => Ok(Auth::Shared(t.clone())),
+            None => Err(AppError::Refused(
+                "INGEST_AUTH=shared needs INGEST_AUTH_TOKEN".into(),
+            )),
+        },
+        Some(IngestAuth::Token) => {
+            let tries = settings.db.db_connect_retries;
+            let mut attempt = 0;
+            let grants = loop {
+                attempt += 1;
+                match store.load_tokens().await {
+                    Ok(g) => break g,
+                    Err(e) if e.is_transient() && attempt < tries => {
+                        tracing::warn!(attempt, tries, error = %e, "database not ready; retrying the token load");
+                        tokio::time::sleep(settings.db.db_connect_delay).await;
+                    }
+                    Err(e) => {
+                        return Err(AppError::Refused(format!(
+                            "INGEST_AUTH=token: cannot load the device tokens ({e}); refusing \
+                             to start rather than accept ingest it cannot authenticate"
+                        )));
+                    }
+                }
+            };
+            let cache = std::sync::Arc::new(TokenCache::new(grants));
+            tracing::info!(tokens = cache.len(), "ingest needs per-device tokens");
+            cache.spawn_refresh(
+                store.clone(),
+                settings.worker.registry_refresh_interval,
+                shutdown,
+            );
+            Ok(Auth::Tokens(cache))
+        }
+    }
+}
+
 /// Builds the generic service over a ready queue and store.
 async fn assemble<Q: Queue, S: Store>(
     queue: Q,
@@ -259,6 +330,20 @@ async fn assemble<Q: Queue, S: Store>(
     } else {
         None
     };
+    let (auth, rate) = if role.has_collector() {
+        let auth = ingest_auth(&store, settings, &shutdown).await?;
+        let rate = DeviceLimiter::from_settings(
+            settings.http.ingest_rate_limit,
+            settings.http.ingest_rate_burst,
+        )
+        .map(std::sync::Arc::new);
+        if let Some(r) = &rate {
+            r.spawn_pruning(&shutdown);
+        }
+        (auth, rate)
+    } else {
+        (Auth::Open, None)
+    };
     let http = HttpSettings {
         max_body: settings.http.ingest_max_body_bytes,
         max_batch: settings.http.ingest_max_batch_bytes,
@@ -266,7 +351,8 @@ async fn assemble<Q: Queue, S: Store>(
         body_timeout: settings.http.http_body_timeout,
         max_inflight: settings.http.http_max_inflight,
         max_inflight_bytes: settings.http.ingest_max_inflight_bytes,
-        auth_token: settings.http.ingest_auth_token.clone(),
+        auth,
+        rate,
         stall_after: settings.worker.stall_after,
         consumer_name: settings.nats.consumer_name.clone(),
         role: role.name(),

@@ -22,7 +22,7 @@ mod worker;
 pub use db::DbArgs;
 pub use duration::parse_duration;
 pub use embedded::EmbeddedArgs;
-pub use http::HttpArgs;
+pub use http::{HttpArgs, IngestAuth};
 pub use nats::NatsArgs;
 pub use secret::Secret;
 pub use tools::{ServiceUrl, StatusThresholds};

@@ -48,6 +48,13 @@ pub enum ApiError {
     /// Auth is on and the bearer token is missing or wrong: 401.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The request's token authorizes another device than the event's: 403 (the device id
+    /// is the event's own, never the token or the device the token belongs to).
+    #[error("the token does not authorize device {device_id}")]
+    Forbidden { device_id: uuid::Uuid },
+    /// The device is over INGEST_RATE_LIMIT: 429 with Retry-After (whole seconds).
+    #[error("device over INGEST_RATE_LIMIT; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// The queue is full or unreachable: 503 with Retry-After.
     #[error("queue unavailable: {0}")]
     Unavailable(QueueError),
@@ -75,6 +82,8 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -116,6 +125,13 @@ impl ApiError {
                 "detail": "authorization: missing or invalid bearer token",
                 "errors": [{"loc": ["headers", "authorization"], "msg": "must be `Bearer <token>` with a valid token"}],
             }),
+            ApiError::Forbidden { device_id } => json!({
+                "detail": format!("device_id: the bearer token does not authorize device {device_id}; nothing was queued"),
+                "errors": [{"loc": ["device_id"], "msg": "must be the device the token was created for"}],
+            }),
+            ApiError::RateLimited { retry_after } => json!({
+                "detail": format!("rate limit: this device sent more than INGEST_RATE_LIMIT allows; nothing was queued, retry after {retry_after} s"),
+            }),
             ApiError::Unavailable(QueueError::Full) => json!({
                 "detail": "queue is full; nothing was queued, retry later",
             }),
@@ -146,6 +162,17 @@ impl IntoResponse for ApiError {
         ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        match &self {
+            ApiError::Unauthorized => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         if matches!(
             self,
@@ -185,6 +212,30 @@ mod tests {
                 Some(&b"close"[..])
             );
         }
+    }
+
+    #[test]
+    fn auth_refusals_carry_their_headers_and_name_the_field() {
+        let resp = ApiError::Unauthorized.into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+        let device_id = uuid::Uuid::new_v4();
+        let e = ApiError::Forbidden { device_id };
+        assert_eq!(e.body()["errors"][0]["loc"][0], "device_id");
+        assert_eq!(e.into_response().status(), StatusCode::FORBIDDEN);
+        let resp = ApiError::RateLimited { retry_after: 2 }.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"2"[..])
+        );
     }
 
     #[test]

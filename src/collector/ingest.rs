@@ -4,6 +4,12 @@
 //! waits on the database). It answers 200 only after the queue has durably stored the
 //! message; a full or unreachable queue gives 503 with Retry-After. Batch items are
 //! independent: valid ones are queued, invalid ones reported by index.
+//!
+//! Authentication comes first (401 before the body is read); then, per event, the token's
+//! device must be the event's (403 for a single event, a per-item error in a batch) and
+//! the device must be within the rate limit (429 + Retry-After for a single event; in a
+//! batch a per-item error marked retryable, and 429 + Retry-After for the whole answer when
+//! nothing was queued because of it).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,9 +25,10 @@ use uuid::Uuid;
 use super::Collector;
 use super::body::{media_type, read_body};
 use super::error::{ApiError, RETRY_AFTER_SECS};
+use super::rate::retry_after_secs;
 use crate::event::envelope;
 use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
-use crate::metrics::{ErrorType, EventStatus};
+use crate::metrics::{ErrorType, EventStatus, RefusalReason};
 use crate::queue::{Outgoing, Queue, QueueError};
 use crate::store::Store;
 use tracing::Instrument;
@@ -47,7 +54,7 @@ async fn ingest_one<Q: Queue, S: Store>(
     body: Body,
     trace_id: String,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    let principal = app.authorize(&headers)?;
     match media_type(&headers).as_deref() {
         None | Some("application/json") => {}
         Some(t) if t.ends_with("+json") => {}
@@ -60,6 +67,18 @@ async fn ingest_one<Q: Queue, S: Store>(
         app.metrics.error(ErrorType::ValidationError, 1);
         ApiError::Invalid(r)
     })?;
+    if !principal.allows(event.device_id()) {
+        app.metrics.refused(RefusalReason::Forbidden, 1);
+        return Err(ApiError::Forbidden {
+            device_id: event.device_id(),
+        });
+    }
+    if let Err(wait) = app.rate_check(&event.device_id()) {
+        app.metrics.refused(RefusalReason::RateLimited, 1);
+        return Err(ApiError::RateLimited {
+            retry_after: retry_after_secs(wait),
+        });
+    }
     let msg = outgoing(&event, trace_id.clone());
     let started = Instant::now();
     let published = app.queue.publish(msg).await?;
@@ -104,7 +123,7 @@ async fn ingest_many<Q: Queue, S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    let principal = app.authorize(&headers)?;
     let format = match media_type(&headers).as_deref() {
         None | Some("application/json") => BatchFormat::JsonArray,
         Some("application/x-ndjson" | "application/ndjson" | "application/jsonlines") => {
@@ -125,8 +144,28 @@ async fn ingest_many<Q: Queue, S: Store>(
     let mut to_publish = Vec::new();
     let mut slots = Vec::new();
     let mut rejected = 0usize;
+    let mut forbidden = 0u64;
+    let mut limited = 0u64;
+    let mut longest_wait = std::time::Duration::ZERO;
     crate::event::parse_batch_each(&bytes, format, rules, &mut |index, item| match item {
         Ok(event) => {
+            if !principal.allows(event.device_id()) {
+                forbidden += 1;
+                let e = ApiError::Forbidden {
+                    device_id: event.device_id(),
+                };
+                results.push(json!({"index": index, "error": e.body()}));
+                return;
+            }
+            if let Err(wait) = app.rate_check(&event.device_id()) {
+                longest_wait = longest_wait.max(wait);
+                limited += 1;
+                results.push(json!({"index": index, "error": {
+                    "detail": "rate limit: this device sent more than INGEST_RATE_LIMIT allows; not queued, retry later",
+                    "retryable": true,
+                }}));
+                return;
+            }
             let trace_id = Uuid::new_v4().to_string();
             let msg = outgoing(&event, trace_id.clone());
             slots.push((index, trace_id));
@@ -149,6 +188,12 @@ async fn ingest_many<Q: Queue, S: Store>(
     if rejected > 0 {
         app.metrics
             .error(ErrorType::ValidationError, rejected as u64);
+    }
+    if forbidden > 0 {
+        app.metrics.refused(RefusalReason::Forbidden, forbidden);
+    }
+    if limited > 0 {
+        app.metrics.refused(RefusalReason::RateLimited, limited);
     }
     let started = Instant::now();
     let published = app.queue.publish_many(to_publish).await;
@@ -183,8 +228,11 @@ async fn ingest_many<Q: Queue, S: Store>(
     // Nothing valid: 400 with status "rejected", so a client that only looks at the HTTP
     // status learns that nothing was queued (and that retrying the same body cannot help).
     let all_rejected = accepted == 0 && unavailable.is_none();
+    // Nothing queued and the rate limit is why for some: 429, so a client backs off.
+    let throttled = all_rejected && limited > 0;
     let status = match (&unavailable, all_rejected) {
         (Some(_), _) => "partial",
+        (None, true) if throttled => "rate_limited",
         (None, true) => "rejected",
         (None, false) => "queued",
     };
@@ -201,10 +249,17 @@ async fn ingest_many<Q: Queue, S: Store>(
             .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
         return Ok(resp);
     }
-    let code = if all_rejected {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
+    if throttled {
+        let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_secs(longest_wait).into());
+        return Ok(resp);
+    }
+    let code = match (all_rejected, forbidden) {
+        // Every item was for a device the token does not cover.
+        (true, f) if f > 0 && f as usize == not_queued => StatusCode::FORBIDDEN,
+        (true, _) => StatusCode::BAD_REQUEST,
+        (false, _) => StatusCode::OK,
     };
     Ok((code, Json(body)).into_response())
 }

@@ -26,6 +26,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_secrets()?;
         self.validate_http()?;
+        self.http.validate_auth()?;
         self.validate_worker()?;
         self.validate_queue()?;
         positive_duration("DB_TIMEOUT", self.db.db_timeout)?;
