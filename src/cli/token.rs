@@ -78,6 +78,22 @@ impl StoreTask for RevokeTask {
     }
 }
 
+/// Creates a token for `device` without expiry and returns its text (`serve --demo` with
+/// INGEST_AUTH=token, so its printed curl works as printed).
+pub async fn mint(s: &Settings, device: Uuid) -> anyhow::Result<String> {
+    let token = auth::generate()?;
+    let new = NewToken {
+        id: Uuid::new_v4(),
+        device_id: device,
+        token_hash: auth::hash(&token),
+        expires_at: None,
+    };
+    with_store(s, Create(new))
+        .await
+        .context("cannot create the demo token")?;
+    Ok(token)
+}
+
 fn expiry(t: &TokenInfo) -> String {
     t.expires_at
         .map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

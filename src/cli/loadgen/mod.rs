@@ -27,7 +27,6 @@ use nsready::registry::RegistryDoc;
 use nsready::store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 /// How often the drain wait polls health and metrics.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -80,18 +79,11 @@ pub struct LoadgenArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// One device and the parameters its events carry.
-#[derive(Clone, Debug)]
-struct Target {
-    device: Uuid,
-    site: Uuid,
-    project: Uuid,
-    /// (parameter key, unit) of the project's templates.
-    params: Vec<(String, Option<String>)>,
-    /// Metrics per event for this device: min(--metrics, params).
-    per_event: usize,
+    /// For a service with INGEST_AUTH=token: create a token per device for the run, send
+    /// each device's events with its own, revoke them after (single-event POSTs, or
+    /// batches with --devices 1: a token writes for one device only).
+    #[arg(long)]
+    mint_tokens: bool,
 }
 
 /// What every sender task shares.
@@ -211,66 +203,18 @@ impl StoreTask for CountRows {
     }
 }
 
-/// The project id of a template key `project:<uuid>:<name>`, else of `metadata.project_id`.
-fn template_project(key: &str, metadata: &Value) -> Option<Uuid> {
-    key.strip_prefix("project:")
-        .and_then(|rest| rest.split_once(':'))
-        .and_then(|(id, _)| id.parse().ok())
-        .or_else(|| metadata["project_id"].as_str().and_then(|s| s.parse().ok()))
-}
-
-/// Active devices whose project has templates, sorted by id, at most `want`.
-fn pick_targets(doc: &RegistryDoc, want: usize, metrics: usize) -> Vec<Target> {
-    let mut by_project: std::collections::HashMap<Uuid, Vec<(String, Option<String>)>> =
-        std::collections::HashMap::new();
-    for t in &doc.parameter_templates {
-        if let Some(p) = template_project(&t.key, &t.metadata) {
-            by_project
-                .entry(p)
-                .or_default()
-                .push((t.key.clone(), t.unit.clone()));
-        }
-    }
-    for params in by_project.values_mut() {
-        params.sort();
-    }
-    let mut devices: Vec<_> = doc
-        .devices
-        .iter()
-        .filter(|d| d.status == "active")
-        .collect();
-    devices.sort_by_key(|d| d.id);
-    let mut out = Vec::new();
-    for d in devices {
-        let Some(site) = doc.sites.iter().find(|s| s.id == d.site_id) else {
-            continue;
-        };
-        let Some(params) = by_project.get(&site.project_id) else {
-            continue;
-        };
-        out.push(Target {
-            device: d.id,
-            site: site.id,
-            project: site.project_id,
-            params: params.clone(),
-            per_event: metrics.clamp(1, params.len()),
-        });
-        if out.len() >= want {
-            break;
-        }
-    }
-    out
-}
-
 // Prometheus text: the few series loadgen reads.
 
 mod report;
 mod scrape;
 mod send;
+mod targets;
+mod tokens;
 
 use report::*;
 use scrape::*;
 use send::*;
+use targets::*;
 
 /// Runs `loadgen`.
 pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
@@ -297,13 +241,21 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         "cannot read the registry (loadgen needs the service's store settings: the same \
          DATA_DIR, or DATABASE_URL and NATS_URL)",
     )?;
-    let targets = pick_targets(&doc, args.devices.max(1), args.metrics);
+    let mut targets = pick_targets(&doc, args.devices.max(1), args.metrics);
     if targets.is_empty() {
         bail!(
             "no active device whose project has parameter templates in the registry \
              (load one with `nsready registry demo` or `registry import`)"
         );
     }
+    if args.mint_tokens && args.batch > 0 && targets.len() > 1 {
+        bail!("--mint-tokens with --batch needs --devices 1 (a token writes for one device)");
+    }
+    let minted = if args.mint_tokens {
+        Some(tokens::mint(s, &mut targets).await?)
+    } else {
+        None
+    };
     let rows_before = with_store(s, CountRows)
         .await
         .context("cannot count the rows of ingest_events")?;
@@ -318,6 +270,9 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     if let Err(e) = probe.get(format!("{base}/v1/health")).send().await {
         bail!("nsready at {base} does not answer: {e}");
+    }
+    if minted.is_some() {
+        tokens::wait_seen(&probe, &format!("{base}/v1/ingest"), &targets).await?;
     }
     let scrape_before = scrape(&probe, &metrics_urls).await;
 
@@ -467,6 +422,9 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
     };
 
     // Verification.
+    if let Some(ids) = minted {
+        tokens::revoke(s, ids).await?;
+    }
     let unknown_rows = shared.unknown_rows.load(Ordering::Relaxed);
     let (verdict, verdict_note) = match (rows_after, drained_after) {
         (None, _) => (
@@ -528,6 +486,7 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         "metrics_per_event": shared.targets.iter().map(|t| t.per_event).max().unwrap_or(0),
         "rate_target": args.rate,
         "concurrency": args.concurrency,
+        "auth": if args.mint_tokens { "device tokens" } else if ep.auth.is_some() { "shared token" } else { "none" },
         "duration_s": args.duration.as_secs_f64(),
         "requests": shared.requests.load(Ordering::Relaxed),
         "sent_events": shared.sent_events.load(Ordering::Relaxed),
