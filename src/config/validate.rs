@@ -306,7 +306,10 @@ mod tests {
             assert_eq!(name, "INGEST_AUTH_TOKEN");
             assert!(!msg.contains("hunter2"), "{msg}");
         }
-        assert_eq!(refused(&["--ingest-rate-burst", "5"]).0, "INGEST_RATE_BURST");
+        assert_eq!(
+            refused(&["--ingest-rate-burst", "5"]).0,
+            "INGEST_RATE_BURST"
+        );
         assert_eq!(
             refused(&["--ingest-rate-limit", "5", "--ingest-rate-burst", "0"]).0,
             "INGEST_RATE_BURST"
