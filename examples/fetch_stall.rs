@@ -33,7 +33,8 @@ async fn main() -> Result<()> {
     let nats = &args.settings.nats;
     let url = nats.nats_url.clone().ok_or("--nats-url is required")?;
     let client = jetstream::connect(&url, nats).await?;
-    let mut o = JetStreamOptions::from_args(nats, Duration::from_secs(30));
+    let mut o = JetStreamOptions::from_settings(&args.settings);
+    o.ack_wait = Duration::from_secs(30);
     o.stream = "FETCH_STALL".into();
     o.subject = "fetch_stall.x".into();
     o.consumer = "fetch_stall".into();

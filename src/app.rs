@@ -12,11 +12,11 @@ use std::pin::Pin;
 
 use tokio::net::TcpListener;
 
-use crate::collector::auth::{self, Auth, Exposure, TokenCache};
+use crate::collector::auth::{self, Auth};
 use crate::collector::rate::DeviceLimiter;
 use crate::collector::serve::ServerLimits;
 use crate::collector::{self, Collector, HttpSettings};
-use crate::config::{Deployment, IngestAuth, Settings};
+use crate::config::{Deployment, Settings};
 use crate::metrics::Metrics;
 use crate::queue::embedded::EmbeddedQueueOptions;
 use crate::queue::jetstream::{self, JetStreamOptions};
@@ -38,8 +38,8 @@ pub fn embedded_queue_options(settings: &Settings) -> EmbeddedQueueOptions {
         max_msgs: settings.embedded.embedded_queue_max_msgs,
         max_bytes: settings.embedded.embedded_queue_max_bytes,
         ack_wait: settings.worker.worker_ack_wait,
-        duplicate_window: settings.nats.duplicate_window,
-        publish_timeout: settings.nats.publish_timeout,
+        duplicate_window: settings.queue.duplicate_window,
+        publish_timeout: settings.queue.publish_timeout,
     }
 }
 
@@ -51,18 +51,33 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Creates DATA_DIR if needed and takes the lock without waiting.
+    /// Creates DATA_DIR if needed (0700, its files 0600; looser modes of an existing one are
+    /// tightened with a warning) and takes the lock without waiting.
     ///
     /// # Errors
     /// `Refused` naming the directory when it cannot be created or another process holds it.
     pub fn acquire(dir: &std::path::Path) -> Result<DataDirLock, AppError> {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(dir).map_err(|e| {
+        use std::os::unix::fs::OpenOptionsExt;
+        crate::private_fs::create_dir(dir).map_err(|e| {
             AppError::Refused(format!("DATA_DIR {} cannot be created: {e}", dir.display()))
         })?;
+        // An existing DATA_DIR with looser permissions is tightened, with a warning: the
+        // files hold every reading and the registry (SECURITY.md).
+        match crate::private_fs::tighten(dir, &[QUEUE_FILE, STORE_FILE, LOCK_FILE]) {
+            Ok(changed) => {
+                for (path, old) in changed {
+                    tracing::warn!(path = %path.display(), old_mode = format!("{old:o}"),
+                        "DATA_DIR: group/other could access this; permissions set to 0700 (directory) / 0600 (file)");
+                }
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e,
+                "DATA_DIR: cannot restrict permissions to the owner"),
+        }
         let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
+            .mode(crate::private_fs::FILE_MODE)
             .create(true)
             .truncate(false)
             .read(true)
@@ -71,6 +86,11 @@ impl DataDirLock {
             .map_err(|e| {
                 AppError::Refused(format!("DATA_DIR {} is not writable: {e}", dir.display()))
             })?;
+        // Explicitly, not through the umask.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(
+            crate::private_fs::FILE_MODE,
+        ));
         // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -152,61 +172,26 @@ impl App {
         role: Role,
         shutdown: Shutdown,
     ) -> Result<App, AppError> {
-        settings.validate()?;
         if role.has_collector() {
-            protected_mode(settings)?;
+            settings.validate()?;
+            auth::protected_mode(&settings.http).map_err(|e| AppError::Refused(e.to_string()))?;
         }
-        match settings.deployment()? {
-            Deployment::Embedded { data_dir } => {
-                if role != Role::Serve {
-                    return Err(AppError::Refused(format!(
-                        "`nsready {}` needs the scale-out deployment: in embedded mode one \
-                         process owns the files in DATA_DIR, so run `nsready serve` (or set \
-                         NATS_URL and DATABASE_URL to run collectors and workers apart)",
-                        role.name()
-                    )));
-                }
-                let lock = DataDirLock::acquire(&data_dir)?;
-                let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
-                store.migrate().await?;
-                let queue = EmbeddedQueue::open(
-                    &data_dir.join(QUEUE_FILE),
-                    embedded_queue_options(settings),
-                )?;
-                let mut app = assemble(queue, store, settings, role, shutdown).await?;
-                // The lock lives as long as the service runs.
-                let run = app.run;
-                app.run = Box::pin(async move {
-                    let r = run.await;
-                    drop(lock);
-                    r
-                });
-                Ok(app)
-            }
-            Deployment::ScaleOut { nats_url, pg } => {
-                let client = jetstream::connect(&nats_url, &settings.nats).await?;
-                let mut opts =
-                    JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
-                // Unacknowledged messages the consumer allows: what this process's workers
-                // hold at once (pool × batch), times 8 for the other worker processes on the
-                // same consumer and for NAKed messages waiting out their delay (they stay
-                // ack-pending); never below JetStreamOptions' 100,000.
-                opts.max_ack_pending = opts.max_ack_pending.max(
-                    (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
-                        as i64,
-                );
-                // Processes with workers own the stream and consumer settings (they use the
-                // ack wait); a collector creates what is missing but never rewrites them.
-                opts.manage_config = role.has_workers();
-                let queue = JetStreamQueue::provision(client, opts).await?;
-                let store =
-                    PostgresStore::connect(&pg, settings.db.db_pool_size, settings.db.db_timeout)?;
-                if role.has_workers() {
-                    migrate_with_retries(&store, settings).await?;
-                }
-                assemble(queue, store, settings, role, shutdown).await
-            }
+        let task = Assemble {
+            settings,
+            role,
+            shutdown: shutdown.clone(),
+        };
+        let (mut app, lock) = open(settings, Purpose::Service(role), &shutdown, task).await?;
+        if let Some(lock) = lock {
+            // The embedded DATA_DIR lock lives as long as the service runs.
+            let run = app.run;
+            app.run = Box::pin(async move {
+                let r = run.await;
+                drop(lock);
+                r
+            });
         }
+        Ok(app)
     }
 
     /// The port the HTTP listener is bound to.
@@ -223,88 +208,141 @@ impl App {
     }
 }
 
-/// Applies migrations, retrying while the database is unreachable (it may start after us).
-async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Result<(), AppError> {
-    // At least 1: `Settings::validate` refuses 0.
-    let tries = settings.db.db_connect_retries;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match store.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && attempt < tries => {
-                tracing::warn!(attempt, tries, error = %e, "database not ready; retrying migrations");
-                tokio::time::sleep(settings.db.db_connect_delay).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+/// What a deployment is opened for; it decides the lock, the pool, the migrations and
+/// who may rewrite the queue's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// A service role: DB_POOL_SIZE connections; processes with workers migrate (with the
+    /// start-up retries) and own the stream and consumer settings.
+    Service(Role),
+    /// A CLI command: two connections (one statement at a time; two cover a command that
+    /// reads while it writes); never rewrites a live consumer's settings with its own
+    /// environment. Embedded: the queue file must exist (a wrong DATA_DIR is not an empty
+    /// one to create), and `nsready serve` must not be running on it.
+    Command,
 }
 
-/// Protected mode (see [`auth::check_exposure`]): refuses open ingest beyond loopback unless
-/// INGEST_AUTH=none says so, and then warns once.
-fn protected_mode(settings: &Settings) -> Result<(), AppError> {
-    let host = &settings.http.service_host;
-    match auth::check_exposure(settings.http.auth_mode(), host) {
-        Ok(Exposure::Safe) => Ok(()),
-        Ok(Exposure::OpenOnPurpose) => {
-            tracing::warn!(
-                service_host = %host,
-                "INGEST_AUTH=none on a non-loopback address: ingest is open, anyone who can \
-                 reach the port can write for any device"
-            );
-            Ok(())
-        }
-        Err(e) => Err(AppError::Refused(e.to_string())),
-    }
-}
-
-/// The authentication of a role with a collector. With INGEST_AUTH=token the tokens are
-/// loaded now (retrying while the database is unreachable, like migrations) and reloaded
-/// every REGISTRY_REFRESH_INTERVAL; when they cannot be loaded the service refuses to start
-/// (never open by accident, and a 503 for every request would only hide the cause).
-async fn ingest_auth<S: Store>(
-    store: &S,
+/// The one place that opens queue and store for the configured deployment, for services
+/// (`App::build`) and commands (`with_deployment`) alike, and runs `task` with them.
+/// Returns the task's output and, in embedded mode, the DATA_DIR lock the caller holds for
+/// as long as it uses the files.
+async fn open<T: DeploymentTask>(
     settings: &Settings,
+    purpose: Purpose,
     shutdown: &Shutdown,
-) -> Result<Auth, AppError> {
-    match settings.http.auth_mode() {
-        None | Some(IngestAuth::None) => Ok(Auth::Open),
-        Some(IngestAuth::Shared) => match &settings.http.ingest_auth_token {
-            Some(t) => Ok(Auth::Shared(t.clone())),
-            None => Err(AppError::Refused(
-                "INGEST_AUTH=shared needs INGEST_AUTH_TOKEN".into(),
-            )),
-        },
-        Some(IngestAuth::Token) => {
-            let tries = settings.db.db_connect_retries;
-            let mut attempt = 0;
-            let grants = loop {
-                attempt += 1;
-                match store.load_tokens().await {
-                    Ok(g) => break g,
-                    Err(e) if e.is_transient() && attempt < tries => {
-                        tracing::warn!(attempt, tries, error = %e, "database not ready; retrying the token load");
-                        tokio::time::sleep(settings.db.db_connect_delay).await;
-                    }
-                    Err(e) => {
-                        return Err(AppError::Refused(format!(
-                            "INGEST_AUTH=token: cannot load the device tokens ({e}); refusing \
-                             to start rather than accept ingest it cannot authenticate"
-                        )));
-                    }
+    task: T,
+) -> Result<(T::Output, Option<DataDirLock>), AppError> {
+    settings.validate()?;
+    match settings.deployment()? {
+        Deployment::Embedded { data_dir } => {
+            let queue_file = data_dir.join(QUEUE_FILE);
+            match purpose {
+                Purpose::Service(Role::Serve) => {}
+                Purpose::Service(role) => {
+                    return Err(AppError::Refused(format!(
+                        "`nsready {}` needs the scale-out deployment: in embedded mode one \
+                         process owns the files in DATA_DIR, so run `nsready serve` (or set \
+                         NATS_URL and DATABASE_URL to run collectors and workers apart)",
+                        role.name()
+                    )));
+                }
+                Purpose::Command if !queue_file.exists() => {
+                    return Err(AppError::Refused(format!(
+                        "no nsready queue at {} (set DATA_DIR, or --data-dir, to the directory \
+                         `nsready serve` uses)",
+                        std::path::absolute(&queue_file)
+                            .unwrap_or(queue_file)
+                            .display()
+                    )));
+                }
+                Purpose::Command => {}
+            }
+            let lock = DataDirLock::acquire(&data_dir).map_err(|e| match purpose {
+                Purpose::Command => {
+                    AppError::Refused(format!("{e}; stop `nsready serve` first for this command"))
+                }
+                Purpose::Service(_) => e,
+            })?;
+            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
+            store.migrate().await?;
+            let queue = EmbeddedQueue::open(&queue_file, embedded_queue_options(settings))?;
+            let out = task.run(queue, store).await?;
+            Ok((out, Some(lock)))
+        }
+        Deployment::ScaleOut { nats_url, pg } => {
+            let client = jetstream::connect(&nats_url, &settings.nats).await?;
+            let mut opts = JetStreamOptions::from_settings(settings);
+            let (pool_size, migrate) = match purpose {
+                Purpose::Service(role) => {
+                    // Unacknowledged messages the consumer allows: what this process's
+                    // workers hold at once (pool × batch), times 8 for the other worker
+                    // processes on the same consumer and for NAKed messages waiting out
+                    // their delay (they stay ack-pending); never below JetStreamOptions'
+                    // 100,000.
+                    opts.max_ack_pending = opts.max_ack_pending.max(
+                        (settings.worker.worker_pool_size * settings.worker.worker_batch_size * 8)
+                            as i64,
+                    );
+                    // Processes with workers own the stream and consumer settings (they use
+                    // the ack wait); a collector creates what is missing but never rewrites.
+                    opts.manage_config = role.has_workers();
+                    (settings.db.db_pool_size, role.has_workers())
+                }
+                Purpose::Command => {
+                    opts.manage_config = false;
+                    (CLI_POOL_SIZE, false)
                 }
             };
-            let cache = std::sync::Arc::new(TokenCache::new(grants));
-            tracing::info!(tokens = cache.len(), "ingest needs per-device tokens");
-            cache.spawn_refresh(
-                store.clone(),
-                settings.worker.registry_refresh_interval,
-                shutdown,
-            );
-            Ok(Auth::Tokens(cache))
+            let queue = JetStreamQueue::provision(client, opts)
+                .await?
+                .with_shutdown(shutdown);
+            let store = PostgresStore::connect(&pg, pool_size, settings.db.db_timeout)?;
+            if migrate {
+                migrate_with_retries(&store, settings).await?;
+            }
+            Ok((task.run(queue, store).await?, None))
         }
     }
+}
+
+/// PostgreSQL connections of a CLI command (see [`Purpose::Command`]).
+const CLI_POOL_SIZE: usize = 2;
+
+/// `App::build`'s work once queue and store are open.
+struct Assemble<'a> {
+    settings: &'a Settings,
+    role: Role,
+    shutdown: Shutdown,
+}
+
+impl DeploymentTask for Assemble<'_> {
+    type Output = App;
+    async fn run<Q: Queue, S: Store>(self, queue: Q, store: S) -> Result<App, AppError> {
+        assemble(queue, store, self.settings, self.role, self.shutdown).await
+    }
+}
+
+/// Applies migrations, retrying while the database is unreachable (it may start after us):
+/// DB_CONNECT_RETRIES attempts, DB_CONNECT_DELAY apart (plus up to as much jitter, so
+/// several workers restarted together do not knock in step).
+async fn migrate_with_retries<S: Store>(store: &S, settings: &Settings) -> Result<(), AppError> {
+    use backon::Retryable;
+    // At least 1: `Settings::validate` refuses 0.
+    let tries = settings.db.db_connect_retries;
+    let policy = backon::ConstantBuilder::default()
+        .with_delay(settings.db.db_connect_delay)
+        .with_max_times(tries.saturating_sub(1) as usize)
+        .with_jitter();
+    let mut attempt = 0u32;
+    (|| store.migrate())
+        .retry(policy)
+        .when(StoreError::is_transient)
+        .notify(|e, _| {
+            attempt += 1;
+            tracing::warn!(attempt, tries, error = %e, "database not ready; retrying migrations");
+        })
+        .await
+        .map_err(AppError::from)
 }
 
 /// Builds the generic service over a ready queue and store.
@@ -331,7 +369,9 @@ async fn assemble<Q: Queue, S: Store>(
         None
     };
     let (auth, rate) = if role.has_collector() {
-        let auth = ingest_auth(&store, settings, &shutdown).await?;
+        let auth = auth::setup(&store, settings, &shutdown)
+            .await
+            .map_err(|e| AppError::Refused(e.to_string()))?;
         let rate = DeviceLimiter::from_settings(
             settings.http.ingest_rate_limit,
             settings.http.ingest_rate_burst,
@@ -438,9 +478,7 @@ pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T:
             task.run(store).await
         }
         Deployment::ScaleOut { pg, .. } => {
-            // CLI commands run one statement at a time; two connections cover a command
-            // that reads while it writes (registry import), not DB_POOL_SIZE (the service's).
-            let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
+            let store = PostgresStore::connect(&pg, CLI_POOL_SIZE, settings.db.db_timeout)?;
             task.run(store).await
         }
     }
@@ -502,43 +540,7 @@ pub async fn with_deployment<T: DeploymentTask>(
     settings: &Settings,
     task: T,
 ) -> Result<T::Output, AppError> {
-    settings.validate()?;
-    match settings.deployment()? {
-        Deployment::Embedded { data_dir } => {
-            // Every caller (the `dlq` commands) works on dead letters that exist: a DATA_DIR
-            // without a queue file is a wrong directory, not an empty one to create.
-            let queue_file = data_dir.join(QUEUE_FILE);
-            if !queue_file.exists() {
-                return Err(AppError::Refused(format!(
-                    "no nsready queue at {} (set DATA_DIR, or --data-dir, to the directory \
-                     `nsready serve` uses)",
-                    std::path::absolute(&queue_file)
-                        .unwrap_or(queue_file)
-                        .display()
-                )));
-            }
-            let lock = DataDirLock::acquire(&data_dir).map_err(|e| {
-                AppError::Refused(format!("{e}; stop `nsready serve` first for this command"))
-            })?;
-            let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
-            store.migrate().await?;
-            let queue =
-                EmbeddedQueue::open(&data_dir.join(QUEUE_FILE), embedded_queue_options(settings))?;
-            let r = task.run(queue, store).await;
-            drop(lock);
-            r
-        }
-        Deployment::ScaleOut { nats_url, pg } => {
-            let client = jetstream::connect(&nats_url, &settings.nats).await?;
-            let mut opts =
-                JetStreamOptions::from_args(&settings.nats, settings.worker.worker_ack_wait);
-            // A command observes the queue; the service owns its settings.
-            opts.manage_config = false;
-            let queue = JetStreamQueue::provision(client, opts).await?;
-            // CLI commands run one statement at a time; two connections cover a command
-            // that reads while it writes (registry import), not DB_POOL_SIZE (the service's).
-            let store = PostgresStore::connect(&pg, 2, settings.db.db_timeout)?;
-            task.run(queue, store).await
-        }
-    }
+    // The lock (embedded) is released when the command is done.
+    let (out, _lock) = open(settings, Purpose::Command, &Shutdown::new(), task).await?;
+    Ok(out)
 }

@@ -14,6 +14,7 @@ mod duration;
 mod embedded;
 mod http;
 mod nats;
+mod queue;
 mod secret;
 mod tools;
 mod validate;
@@ -24,6 +25,7 @@ pub use duration::parse_duration;
 pub use embedded::EmbeddedArgs;
 pub use http::{HttpArgs, IngestAuth};
 pub use nats::NatsArgs;
+pub use queue::QueueArgs;
 pub use secret::Secret;
 pub use tools::{ServiceUrl, StatusThresholds};
 pub use worker::{ValidationMode, WorkerArgs};
@@ -80,6 +82,8 @@ pub struct LogArgs {
 pub struct Settings {
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

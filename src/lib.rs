@@ -14,6 +14,7 @@
 //! - [`app`]: wires a role (serve, collector, worker) for a deployment and runs it.
 //! - [`shutdown`]: the shutdown handle passed to every long-running task.
 //! - [`telemetry`]: logging setup.
+//! - [`private_fs`]: embedded mode's `DATA_DIR` 0700 and files 0600.
 
 // No unwrap() on anything input or the network can break: tests may, the service may not.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -23,6 +24,7 @@ pub mod collector;
 pub mod config;
 pub mod event;
 pub mod metrics;
+pub mod private_fs;
 pub mod queue;
 pub mod registry;
 pub mod shutdown;

@@ -51,6 +51,8 @@ pub enum ErrorType {
     DeviceNotFound,
     /// A parameter key is not a template.
     ParameterNotFound,
+    /// A parameter key is a template of another project than the device's (strict mode).
+    ParameterNotInProject,
     /// The database refuses the rows' data (a value it can never store, a constraint).
     Integrity,
     /// The database refused the rows for another reason that bisecting pinned on this
@@ -60,12 +62,13 @@ pub enum ErrorType {
 
 impl ErrorType {
     /// Every error type.
-    pub const ALL: [ErrorType; 7] = [
+    pub const ALL: [ErrorType; 8] = [
         ErrorType::JsonDecode,
         ErrorType::InvalidFormat,
         ErrorType::ValidationError,
         ErrorType::DeviceNotFound,
         ErrorType::ParameterNotFound,
+        ErrorType::ParameterNotInProject,
         ErrorType::Integrity,
         ErrorType::StoreRejected,
     ];
@@ -78,6 +81,7 @@ impl ErrorType {
             ErrorType::ValidationError => "validation_error",
             ErrorType::DeviceNotFound => "device_not_found",
             ErrorType::ParameterNotFound => "parameter_not_found",
+            ErrorType::ParameterNotInProject => "parameter_not_in_project",
             ErrorType::Integrity => "integrity",
             ErrorType::StoreRejected => "store_rejected",
         }
@@ -408,6 +412,7 @@ mod tests {
                 "validation_error",
                 "device_not_found",
                 "parameter_not_found",
+                "parameter_not_in_project",
                 "integrity",
                 "store_rejected"
             ]

@@ -8,6 +8,7 @@ mod loadgen;
 mod registry;
 mod serve;
 mod status;
+mod table;
 mod token;
 
 use std::process::ExitCode;
@@ -41,7 +42,13 @@ pub enum Command {
     /// Run the worker pool only (scale-out deployment).
     Worker,
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Also create the NOLOGIN roles `nsready_ingest` (what collectors and workers
+        /// need) and `nsready_read` (the SCADA views) and grant their rights; idempotent.
+        /// PostgreSQL only; run as the schema owner with CREATEROLE. See SECURITY.md.
+        #[arg(long)]
+        create_roles: bool,
+    },
     /// Show the service's health (queue depth, consumer, DLQ, database); exit 0 healthy,
     /// 1 warning, 2 critical.
     Status(status::StatusArgs),
@@ -73,17 +80,36 @@ pub enum Command {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let s = cli.settings;
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Collector | Command::Worker | Command::Loadgen(_)
+    ) {
+        // A command that prints and exits ends quietly when its reader does
+        // (`nsready latest | head`), as other Unix tools do, instead of panicking on a
+        // broken pipe. The long-running roles keep Rust's default (SIGPIPE ignored: a
+        // closed socket is an error to handle, never a reason to die).
+        restore_default_sigpipe();
+    }
     match cli.command {
         Command::Serve { demo } => serve::run(&s, nsready::app::Role::Serve, demo).await,
         Command::Collector => serve::run(&s, nsready::app::Role::Collector, false).await,
         Command::Worker => serve::run(&s, nsready::app::Role::Worker, false).await,
-        Command::Migrate => registry::migrate(&s).await,
+        Command::Migrate { create_roles } => registry::migrate(&s, create_roles).await,
         Command::Status(args) => status::run(&s, args).await,
         Command::Dlq(cmd) => dlq::run(&s, cmd).await,
         Command::Registry(cmd) => registry::run(&s, cmd).await,
         Command::Token(cmd) => token::run(&s, cmd).await,
         Command::Latest { device, json } => registry::latest(&s, device, json).await,
         Command::Loadgen(args) => loadgen::run(&s, args).await,
+    }
+}
+
+/// SIGPIPE back to its default action (terminate) for this process.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL installs no handler and touches no
+    // memory of ours; done before any output.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

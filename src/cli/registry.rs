@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::table::{self, Align, cell};
 use anyhow::Context;
 use clap::Subcommand;
 use nsready::app::{AppError, StoreTask, store_location, with_existing_store, with_store};
@@ -33,11 +34,16 @@ pub enum RegistryCommand {
     },
 }
 
-struct Migrate;
+struct Migrate {
+    create_roles: bool,
+}
 impl StoreTask for Migrate {
     type Output = ();
     async fn run<S: Store>(self, store: S) -> Result<(), AppError> {
         store.migrate().await?;
+        if self.create_roles {
+            store.create_roles().await?;
+        }
         Ok(())
     }
 }
@@ -69,10 +75,15 @@ impl StoreTask for Latest {
     }
 }
 
-/// `nsready migrate`.
-pub async fn migrate(s: &Settings) -> anyhow::Result<ExitCode> {
-    with_store(s, Migrate).await.context("migration failed")?;
+/// `nsready migrate [--create-roles]`.
+pub async fn migrate(s: &Settings, create_roles: bool) -> anyhow::Result<ExitCode> {
+    with_store(s, Migrate { create_roles })
+        .await
+        .context("migration failed")?;
     println!("migrations applied");
+    if create_roles {
+        println!("roles nsready_ingest and nsready_read are ready (grant them to login users)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,10 +143,13 @@ fn print_registry(doc: &RegistryDoc) {
         doc.devices.len(),
         doc.parameter_templates.len()
     );
-    println!(
-        "\nDEVICES\n{:<38} {:<24} {:<8} {:<38} {:<38}",
-        "device_id", "name", "status", "site_id", "project_id"
-    );
+    let mut devices = table::new(&[
+        ("device_id", Align::Left),
+        ("name", Align::Left),
+        ("status", Align::Left),
+        ("site_id", Align::Left),
+        ("project_id", Align::Left),
+    ]);
     for d in &doc.devices {
         let project = doc
             .sites
@@ -143,20 +157,28 @@ fn print_registry(doc: &RegistryDoc) {
             .find(|s| s.id == d.site_id)
             .map(|s| s.project_id.to_string())
             .unwrap_or_default();
-        println!(
-            "{:<38} {:<24} {:<8} {:<38} {:<38}",
-            d.id, d.name, d.status, d.site_id, project
-        );
+        devices.add_row(vec![
+            cell(d.id),
+            cell(&d.name),
+            cell(&d.status),
+            cell(d.site_id),
+            cell(project),
+        ]);
     }
-    println!("\nPARAMETERS\n{:<64} {:<10} unit", "key", "name");
+    println!("\nDEVICES\n{}", table::render(&devices));
+    let mut params = table::new(&[
+        ("key", Align::Left),
+        ("name", Align::Left),
+        ("unit", Align::Left),
+    ]);
     for t in &doc.parameter_templates {
-        println!(
-            "{:<64} {:<10} {}",
-            t.key,
-            t.name,
-            t.unit.as_deref().unwrap_or("")
-        );
+        params.add_row(vec![
+            cell(&t.key),
+            cell(&t.name),
+            cell(t.unit.as_deref().unwrap_or("")),
+        ]);
     }
+    println!("\nPARAMETERS\n{}", table::render(&params));
 }
 
 /// `nsready latest`.
@@ -169,24 +191,27 @@ pub async fn latest(
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!(
-            "{:<38} {:<64} {:<28} {:>12} {:>7}",
-            "device_id", "parameter_key", "time", "value", "quality"
-        );
+        let mut t = table::new(&[
+            ("device_id", Align::Left),
+            ("parameter_key", Align::Left),
+            ("time", Align::Left),
+            ("value", Align::Right),
+            ("quality", Align::Right),
+        ]);
         for r in &rows {
             let v = r
                 .value
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "null".into());
-            println!(
-                "{:<38} {:<64} {:<28} {:>12} {:>7}",
-                r.device_id,
-                r.parameter_key,
-                r.time.to_rfc3339(),
-                v,
-                r.quality
-            );
+            t.add_row(vec![
+                cell(r.device_id),
+                cell(&r.parameter_key),
+                cell(r.time.to_rfc3339()),
+                cell(v),
+                cell(r.quality),
+            ]);
         }
+        println!("{}", table::render(&t));
         if rows.is_empty() {
             println!("(no rows yet in {})", store_location(s)?);
         }

@@ -34,10 +34,16 @@ pub async fn run(settings: &Settings, role: Role, demo: bool) -> anyhow::Result<
         print_demo_curl(app.port(), auth_header.as_deref().unwrap_or_default());
     }
     let trigger = sd.clone();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        tracing::info!("signal received; shutting down");
-        trigger.trigger();
+    // Tracked like every task; it ends at the signal, or when the service stops for
+    // another reason (so the drain never waits for a signal that will not come).
+    sd.spawn(async move {
+        tokio::select! {
+            () = shutdown::signal() => {
+                tracing::info!("signal received; shutting down");
+                trigger.trigger();
+            }
+            () = trigger.wait() => {}
+        }
     });
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::config::{IngestAuth, Secret};
+use crate::config::{HttpArgs, IngestAuth, Secret, Settings};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError, TokenGrant};
 
@@ -309,6 +309,80 @@ pub fn is_loopback(host: &str) -> bool {
         .and_then(|s| s.strip_suffix(']'))
         .unwrap_or(h);
     bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Protected mode for the configured listener: refuses open ingest beyond loopback unless
+/// INGEST_AUTH=none says so, and then warns once (`App::build`, roles with a collector).
+///
+/// # Errors
+/// `Unprotected` naming the fixes.
+pub fn protected_mode(http: &HttpArgs) -> Result<(), Unprotected> {
+    let host = &http.service_host;
+    if check_exposure(http.auth_mode(), host)? == Exposure::OpenOnPurpose {
+        tracing::warn!(
+            service_host = %host,
+            "INGEST_AUTH=none on a non-loopback address: ingest is open, anyone who can \
+             reach the port can write for any device"
+        );
+    }
+    Ok(())
+}
+
+/// Why the configured authentication could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("INGEST_AUTH=shared needs INGEST_AUTH_TOKEN")]
+    NoSharedToken,
+    #[error(
+        "INGEST_AUTH=token: cannot load the device tokens ({0}); refusing to start rather \
+         than accept ingest it cannot authenticate"
+    )]
+    Load(StoreError),
+}
+
+/// The authentication of a role with a collector. With INGEST_AUTH=token the tokens are
+/// loaded now (retrying while the database is unreachable, DB_CONNECT_RETRIES times) and
+/// reloaded every REGISTRY_REFRESH_INTERVAL by a task tracked by `shutdown`; when they
+/// cannot be loaded the service refuses to start (never open by accident, and a 503 for
+/// every request would only hide the cause).
+///
+/// # Errors
+/// `NoSharedToken`, or `Load` with the store's error.
+pub async fn setup<S: Store>(
+    store: &S,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<Auth, SetupError> {
+    match settings.http.auth_mode() {
+        None | Some(IngestAuth::None) => Ok(Auth::Open),
+        Some(IngestAuth::Shared) => match &settings.http.ingest_auth_token {
+            Some(t) => Ok(Auth::Shared(t.clone())),
+            None => Err(SetupError::NoSharedToken),
+        },
+        Some(IngestAuth::Token) => {
+            let tries = settings.db.db_connect_retries;
+            let mut attempt = 0;
+            let grants = loop {
+                attempt += 1;
+                match store.load_tokens().await {
+                    Ok(g) => break g,
+                    Err(e) if e.is_transient() && attempt < tries => {
+                        tracing::warn!(attempt, tries, error = %e, "database not ready; retrying the token load");
+                        tokio::time::sleep(settings.db.db_connect_delay).await;
+                    }
+                    Err(e) => return Err(SetupError::Load(e)),
+                }
+            };
+            let cache = Arc::new(TokenCache::new(grants));
+            tracing::info!(tokens = cache.len(), "ingest needs per-device tokens");
+            cache.spawn_refresh(
+                store.clone(),
+                settings.worker.registry_refresh_interval,
+                shutdown,
+            );
+            Ok(Auth::Tokens(cache))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! HTTP error answers of the collector: the one place that maps errors to status codes and
-//! bodies.
+//! HTTP answers of the collector: the one place that maps outcomes to status codes.
+//! [`ApiError`] covers every refusal (with its body); [`Reply`] every other answer (queued,
+//! a batch report, health, readiness, metrics). Handlers return one of the two and never
+//! spell a status code (`scripts/check` greps for it).
 //!
 //! Bodies are `{"detail": "...", "errors": [...]}`; they name the field and the rule and never
 //! carry SQL, driver names, stack traces or internal paths (the cause goes to the log).
@@ -186,6 +188,101 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// How a batch request ended, as its `"status"` field says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchStatus {
+    /// At least one item queued, none refused by the queue: 200.
+    Queued,
+    /// No valid item, so nothing was queued: 400 (retrying the same body cannot help).
+    Rejected,
+    /// The queue refused part of it (full or unreachable): 503 with Retry-After; the
+    /// `results` say which items were queued.
+    Partial,
+    /// Nothing queued, every item for a device the request's token does not authorize:
+    /// 403 (`"status":"rejected"`).
+    Forbidden,
+    /// Nothing queued, and the per-device rate limit is why for some items: 429 with this
+    /// `Retry-After` (whole seconds).
+    RateLimited(u64),
+}
+
+impl BatchStatus {
+    /// The `"status"` value of the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Queued => "queued",
+            BatchStatus::Rejected => "rejected",
+            BatchStatus::Partial => "partial",
+            BatchStatus::Forbidden => "rejected",
+            BatchStatus::RateLimited(_) => "rate_limited",
+        }
+    }
+}
+
+/// Every answer of the collector that is not an [`ApiError`].
+#[derive(Debug)]
+pub enum Reply {
+    /// One event queued: 200 with this (already serialized, one line) JSON body.
+    Queued(String),
+    /// A batch report.
+    Batch(BatchStatus, serde_json::Value),
+    /// `/v1/health`: always 200; the body says how healthy.
+    Health(serde_json::Value),
+    /// `/v1/ready`: 200, or 503 with the reason.
+    Ready(Result<(), &'static str>),
+    /// `/metrics` in the OpenMetrics text format.
+    Metrics(String),
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self {
+            Reply::Queued(body) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Reply::Batch(status, body) => {
+                let code = match status {
+                    BatchStatus::Queued => StatusCode::OK,
+                    BatchStatus::Rejected => StatusCode::BAD_REQUEST,
+                    BatchStatus::Partial => StatusCode::SERVICE_UNAVAILABLE,
+                    BatchStatus::Forbidden => StatusCode::FORBIDDEN,
+                    BatchStatus::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+                };
+                let mut resp = (code, Json(body)).into_response();
+                let retry_after = match status {
+                    BatchStatus::Partial => Some(u64::from(RETRY_AFTER_SECS)),
+                    BatchStatus::RateLimited(secs) => Some(secs),
+                    _ => None,
+                };
+                if let Some(secs) = retry_after {
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                resp
+            }
+            Reply::Health(body) => (StatusCode::OK, Json(body)).into_response(),
+            Reply::Ready(Ok(())) => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
+            Reply::Ready(Err(reason)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "reason": reason})),
+            )
+                .into_response(),
+            Reply::Metrics(text) => (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +340,25 @@ mod tests {
         let resp = ApiError::Overloaded.into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(resp.headers().get(header::RETRY_AFTER).is_some());
+    }
+
+    #[test]
+    fn batch_outcomes_map_to_their_codes() {
+        let cases = [
+            (BatchStatus::Queued, StatusCode::OK, false),
+            (BatchStatus::Rejected, StatusCode::BAD_REQUEST, false),
+            (BatchStatus::Partial, StatusCode::SERVICE_UNAVAILABLE, true),
+        ];
+        for (status, code, retry_after) in cases {
+            let resp = Reply::Batch(status, json!({"status": status.as_str()})).into_response();
+            assert_eq!(resp.status(), code, "{status:?}");
+            assert_eq!(
+                resp.headers().contains_key(header::RETRY_AFTER),
+                retry_after,
+                "{status:?}"
+            );
+        }
+        let ready = Reply::Ready(Err("queue unreachable")).into_response();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Collector;
+use super::error::Reply;
 use crate::metrics::QueueGauges;
 use crate::queue::{Queue, QueueStats};
 use crate::store::Store;
@@ -197,17 +197,13 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
         "throughput": throughput,
         "reasons": reasons,
     });
-    (StatusCode::OK, Json(body)).into_response()
+    Reply::Health(body).into_response()
 }
 
 /// 200 when this process can do its job, else 503 with the reason.
 pub async fn ready<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>) -> Response {
     if app.shutdown.is_triggered() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "shutting down"})),
-        )
-            .into_response();
+        return Reply::Ready(Err("shutting down")).into_response();
     }
     let r = app.reading().await;
     let reason = if r.stats.is_none() {
@@ -217,26 +213,11 @@ pub async fn ready<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>) 
     } else {
         None
     };
-    match reason {
-        None => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": why})),
-        )
-            .into_response(),
-    }
+    Reply::Ready(reason.map_or(Ok(()), Err)).into_response()
 }
 
 /// Prometheus text format, with queue gauges refreshed first.
 pub async fn metrics<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>) -> Response {
     app.reading().await;
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response()
+    Reply::Metrics(app.metrics.render()).into_response()
 }

@@ -14,17 +14,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Collector;
 use super::body::{media_type, read_body};
-use super::error::{ApiError, RETRY_AFTER_SECS};
+use super::error::{ApiError, BatchStatus, Reply};
 use super::rate::retry_after_secs;
 use crate::event::envelope;
 use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
@@ -90,13 +89,7 @@ async fn ingest_one<Q: Queue, S: Store>(
     app.metrics.publish_seconds(started.elapsed().as_secs_f64());
     app.metrics.events(EventStatus::Queued, 1);
     // `status` first, compact, one line (DESIGN.md §4).
-    let body = format!(r#"{{"status":"queued","trace_id":"{trace_id}"}}"#);
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
+    Ok(Reply::Queued(format!(r#"{{"status":"queued","trace_id":"{trace_id}"}}"#)).into_response())
 }
 
 /// Rejected batch items reported with their full error list; later ones get only their
@@ -231,37 +224,23 @@ async fn ingest_many<Q: Queue, S: Store>(
     // Nothing queued and the rate limit is why for some: 429, so a client backs off.
     let throttled = all_rejected && limited > 0;
     let status = match (&unavailable, all_rejected) {
-        (Some(_), _) => "partial",
-        (None, true) if throttled => "rate_limited",
-        (None, true) => "rejected",
-        (None, false) => "queued",
+        (Some(_), _) => BatchStatus::Partial,
+        (None, true) if throttled => BatchStatus::RateLimited(retry_after_secs(longest_wait)),
+        // Every item was for a device the token does not cover.
+        (None, true) if forbidden > 0 && forbidden as usize == not_queued => BatchStatus::Forbidden,
+        (None, true) => BatchStatus::Rejected,
+        (None, false) => BatchStatus::Queued,
     };
     let body = json!({
-        "status": status,
+        "status": status.as_str(),
         "accepted": accepted,
         "rejected": not_queued,
         "results": results,
     });
     if let Some(e) = unavailable {
         tracing::warn!(error = %e, accepted, "batch partly refused by the queue: 503");
-        let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
-        return Ok(resp);
     }
-    if throttled {
-        let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, retry_after_secs(longest_wait).into());
-        return Ok(resp);
-    }
-    let code = match (all_rejected, forbidden) {
-        // Every item was for a device the token does not cover.
-        (true, f) if f > 0 && f as usize == not_queued => StatusCode::FORBIDDEN,
-        (true, _) => StatusCode::BAD_REQUEST,
-        (false, _) => StatusCode::OK,
-    };
-    Ok((code, Json(body)).into_response())
+    Ok(Reply::Batch(status, body).into_response())
 }
 
 /// The queue message for one event, and its trace id.

@@ -8,7 +8,9 @@ use clap::Args;
 #[derive(Args, Clone, Debug)]
 #[command(next_help_heading = "Embedded queue and store (single node)")]
 pub struct EmbeddedArgs {
-    /// Directory of the embedded queue and store (single-node mode).
+    /// Directory of the embedded queue and store (single-node mode). Created 0700 with its
+    /// files 0600, whatever the umask; looser modes of an existing one are tightened at
+    /// start (with a warning).
     #[arg(
         long,
         env = "DATA_DIR",

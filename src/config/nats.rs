@@ -102,11 +102,4 @@ pub struct NatsArgs {
     /// them is acceptable. Workers repair an existing stream's age limit to this value.
     #[arg(long, env = "STREAM_MAX_AGE", default_value = "0", value_parser = parse_duration, global = true)]
     pub stream_max_age: Duration,
-    /// Window in which a repeated Nats-Msg-Id (a client retry) is stored once.
-    #[arg(long, env = "DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration, global = true)]
-    pub duplicate_window: Duration,
-    /// Longest wait for the queue's durable acknowledgement of a publish; past it ingest
-    /// answers 503.
-    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5", value_parser = parse_duration, global = true)]
-    pub publish_timeout: Duration,
 }

@@ -136,8 +136,8 @@ impl Settings {
         let e = &self.embedded;
         positive("DB_CONNECT_RETRIES", u64::from(self.db.db_connect_retries))?;
         positive("NATS_CONNECT_RETRIES", u64::from(n.nats_connect_retries))?;
-        positive_duration("PUBLISH_TIMEOUT", n.publish_timeout)?;
-        positive_duration("DUPLICATE_WINDOW", n.duplicate_window)?;
+        positive_duration("PUBLISH_TIMEOUT", self.queue.publish_timeout)?;
+        positive_duration("DUPLICATE_WINDOW", self.queue.duplicate_window)?;
         if !(1..=5).contains(&n.stream_replicas) {
             return Err(ConfigError::Invalid {
                 name: "STREAM_REPLICAS",

@@ -9,9 +9,10 @@ use super::parse_duration;
 /// How strictly the worker checks events against the registry (DESIGN.md §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ValidationMode {
-    /// Device exists and is active, project and site own it, every parameter exists.
+    /// Device exists and is active, project and site own it, every parameter is a template
+    /// of the device's project (tenant isolation).
     Strict,
-    /// As strict, without the project/site ownership check.
+    /// As strict, without the ownership checks (project/site, the parameters' project).
     Lenient,
 }
 
@@ -46,7 +47,8 @@ pub struct WorkerArgs {
     /// First NAK delay for retryable failures; doubles per delivery, capped at 30 s.
     #[arg(long, env = "WORKER_RETRY_DELAY", default_value = "1", value_parser = parse_duration, global = true)]
     pub worker_retry_delay: Duration,
-    /// Registry checks: strict or lenient (skips project/site ownership).
+    /// Registry checks: strict (the device's project and site, and every parameter key a
+    /// template of the device's own project) or lenient (skips these ownership checks).
     #[arg(long, env = "VALIDATION_MODE", value_enum, default_value_t = ValidationMode::Strict, global = true)]
     pub validation_mode: ValidationMode,
     /// Periodic registry cache refresh (a miss also refreshes, at most once per second).

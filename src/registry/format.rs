@@ -63,6 +63,27 @@ pub struct ParameterTemplate {
     pub metadata: serde_json::Value,
 }
 
+impl ParameterTemplate {
+    /// The project this template belongs to: see [`template_project`].
+    pub fn project_id(&self) -> Option<Uuid> {
+        template_project(&self.key, self.metadata["project_id"].as_str())
+    }
+}
+
+/// The project a parameter template belongs to, the tenant boundary of strict mode: the
+/// uuid of a key `project:<uuid>:<name>` (the platform's key format), else
+/// `metadata.project_id` when it is a uuid, else none. An import refuses a template whose
+/// two disagree, so the order matters only for rows written by other tools.
+pub fn template_project(key: &str, metadata_project_id: Option<&str>) -> Option<Uuid> {
+    key_project(key).or_else(|| metadata_project_id.and_then(|s| s.trim().parse().ok()))
+}
+
+fn key_project(key: &str) -> Option<Uuid> {
+    key.strip_prefix("project:")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(id, _)| id.parse().ok())
+}
+
 pub(super) fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
@@ -130,6 +151,16 @@ impl RegistryDoc {
         for (i, t) in self.parameter_templates.iter().enumerate() {
             empty("parameter_templates", i, "key", &t.key)?;
             empty("parameter_templates", i, "name", &t.name)?;
+            let meta = t.metadata["project_id"].as_str();
+            let from_meta = meta.and_then(|s| s.trim().parse::<Uuid>().ok());
+            if let (Some(k), Some(m)) = (key_project(&t.key), from_meta)
+                && k != m
+            {
+                return Err(format!(
+                    "parameter_templates[{i}].metadata.project_id: {m} is not the project {k} of key `{}`",
+                    t.key
+                ));
+            }
         }
         Ok(())
     }
@@ -159,5 +190,31 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn a_templates_project_comes_from_its_key_then_its_metadata() {
+        let p = "8212caa2-b928-4213-b64e-9f5b86f4cad1";
+        let q = "20000000-0000-4000-8000-000000000002";
+        let id = |s: &str| s.parse::<Uuid>().ok();
+        assert_eq!(
+            template_project(&format!("project:{p}:voltage"), None),
+            id(p)
+        );
+        assert_eq!(
+            template_project(&format!("project:{p}:voltage"), Some(q)),
+            id(p)
+        );
+        assert_eq!(template_project("voltage", Some(q)), id(q));
+        assert_eq!(template_project("voltage", Some("nope")), None);
+        assert_eq!(template_project("project:nope:voltage", None), None);
+        let doc = format!(
+            r#"{{"parameter_templates":[{{"key":"project:{p}:v","name":"v","metadata":{{"project_id":"{q}"}}}}]}}"#
+        );
+        let err = RegistryDoc::parse(&doc).err().unwrap_or_default();
+        assert!(
+            err.starts_with("parameter_templates[0].metadata.project_id: "),
+            "{err}"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The registry: devices, their site and project, and parameter keys.
+//! The registry: devices, their site and project, and parameter keys with their project.
 //!
 //! Pure data and rules, importing nothing above them (the store and the worker import
 //! this): [`format`](RegistryDoc) is the import/export format (`nsready registry
@@ -13,4 +13,6 @@ mod format;
 
 pub use checks::{CheckFailure, DeviceInfo, RegistrySnapshot};
 pub use demo::{demo, demo_ids};
-pub use format::{Customer, Device, ImportReport, ParameterTemplate, Project, RegistryDoc, Site};
+pub use format::{
+    Customer, Device, ImportReport, ParameterTemplate, Project, RegistryDoc, Site, template_project,
+};

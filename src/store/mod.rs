@@ -177,6 +177,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Applies the embedded migrations that are not applied yet.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Creates the least-privilege roles `nsready_ingest` and `nsready_read` and grants
+    /// their rights (`nsready migrate --create-roles`, SECURITY.md). Only PostgreSQL has
+    /// roles; the embedded store refuses.
+    fn create_roles(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async {
+            Err(StoreError::Other(
+                "the embedded store has no database roles: `--create-roles` needs \
+                 PostgreSQL (DATABASE_URL); protect DATA_DIR with file permissions instead"
+                    .into(),
+            ))
+        }
+    }
+
     /// Checks that the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 

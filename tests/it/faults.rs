@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use nsready::app::Role;
+use nsready::app::{App, Role};
+use nsready::shutdown::Shutdown;
 use reqwest::StatusCode;
 
 use crate::both_deployments;
@@ -168,3 +169,60 @@ async fn dlq_replay_after_importing_the_missing_device_lands_the_event(kind: Kin
     app.stop().await;
 }
 both_deployments!(dlq_replay_after_importing_the_missing_device_lands_the_event);
+
+/// A service started while PostgreSQL is still down retries its migrations
+/// (DB_CONNECT_RETRIES × DB_CONNECT_DELAY) and comes up once the database starts; with too
+/// few retries it gives up with an error that names the database, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_before_postgres_waits_for_it_then_gives_up_after_its_retries() {
+    let env = TestEnv::new(Kind::ScaleOut);
+    env.import_demo().await;
+    let pg = env.pg.as_ref().expect("pg");
+    tokio::task::block_in_place(|| pg.stop());
+
+    // Two tries 200 ms apart cannot outlast a stopped database.
+    let settings = env.settings(&["--db-connect-retries", "2", "--db-connect-delay", "200ms"]);
+    let err = match App::build(&settings, Role::Serve, Shutdown::new()).await {
+        Ok(_) => panic!("a stopped database cannot be migrated"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.to_lowercase().contains("database") || err.to_lowercase().contains("connect"),
+        "{err}"
+    );
+
+    // Plenty of tries: the database comes back after ~2 s and the service starts.
+    let shutdown = Shutdown::new();
+    let starting = tokio::spawn({
+        let settings = env.settings(&["--db-connect-retries", "60", "--db-connect-delay", "250ms"]);
+        let shutdown = shutdown.clone();
+        async move { App::build(&settings, Role::Serve, shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !starting.is_finished(),
+        "still retrying while the database is down"
+    );
+    tokio::task::block_in_place(|| pg.start_again());
+    let app = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("the service starts once the database does")
+        .expect("join")
+        .expect("App::build succeeds after the database started");
+    let port = app.port();
+    let running = tokio::spawn(app.run_until_stopped());
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/ingest"))
+        .json(&event(1, &[("voltage", 1.0)]))
+        .send()
+        .await
+        .expect("ingest answers");
+    assert_eq!(resp.status(), StatusCode::OK);
+    wait_until("the event lands", Duration::from_secs(30), || async {
+        env.row_count().await == 1
+    })
+    .await;
+    assert!(env.dead_letters().await.is_empty());
+    shutdown.trigger();
+    running.await.expect("join").expect("clean stop");
+}

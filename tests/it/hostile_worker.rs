@@ -267,8 +267,7 @@ async fn payloads_near_max_payload_are_dead_lettered_whole_or_cut_with_a_header(
     let client = nsready::queue::jetstream::connect(&env.nats_url(), &s.nats)
         .await
         .expect("connect");
-    let mut opts =
-        nsready::queue::jetstream::JetStreamOptions::from_args(&s.nats, s.worker.worker_ack_wait);
+    let mut opts = nsready::queue::jetstream::JetStreamOptions::from_settings(&s);
     opts.manage_config = false;
     let q = nsready::queue::JetStreamQueue::provision(client, opts)
         .await

@@ -299,7 +299,11 @@ async fn load_registry_sees_imported_devices_with_their_project() {
     assert_eq!(dev.project_id, demo_ids::project(3));
     assert_eq!(dev.site_id, demo_ids::site(3));
     assert_eq!(dev.status, "active");
-    assert!(snapshot.parameters.contains(&key("current")));
+    assert_eq!(
+        snapshot.parameters.get(&key("current")),
+        Some(&Some(demo_ids::PROJECT_01)),
+        "a key knows its project"
+    );
     assert_eq!(snapshot.parameters.len(), 3);
 }
 

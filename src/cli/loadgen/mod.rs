@@ -23,10 +23,11 @@ use anyhow::{Context, bail};
 use clap::Args;
 use nsready::app::{AppError, StoreTask, with_store};
 use nsready::config::{ServiceUrl, Settings, parse_duration};
-use nsready::registry::RegistryDoc;
+use nsready::registry::{RegistryDoc, template_project};
 use nsready::store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 /// How often the drain wait polls health and metrics.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -84,6 +85,20 @@ pub struct LoadgenArgs {
     /// batches with --devices 1: a token writes for one device only).
     #[arg(long)]
     mint_tokens: bool,
+}
+
+/// One device and the parameters its events carry.
+#[derive(Clone, Debug)]
+struct Target {
+    device: Uuid,
+    site: Uuid,
+    project: Uuid,
+    /// (parameter key, unit) of the project's templates.
+    params: Vec<(String, Option<String>)>,
+    /// Metrics per event for this device: min(--metrics, params).
+    per_event: usize,
+    /// The device's own bearer token (`--mint-tokens`).
+    token: Option<String>,
 }
 
 /// What every sender task shares.
@@ -203,350 +218,105 @@ impl StoreTask for CountRows {
     }
 }
 
-// Prometheus text: the few series loadgen reads.
+/// Active devices whose project has templates, sorted by id, at most `want`.
+fn pick_targets(doc: &RegistryDoc, want: usize, metrics: usize) -> Vec<Target> {
+    let mut by_project: std::collections::HashMap<Uuid, Vec<(String, Option<String>)>> =
+        std::collections::HashMap::new();
+    for t in &doc.parameter_templates {
+        if let Some(p) = template_project(&t.key, t.metadata["project_id"].as_str()) {
+            by_project
+                .entry(p)
+                .or_default()
+                .push((t.key.clone(), t.unit.clone()));
+        }
+    }
+    for params in by_project.values_mut() {
+        params.sort();
+    }
+    let mut devices: Vec<_> = doc
+        .devices
+        .iter()
+        .filter(|d| d.status == "active")
+        .collect();
+    devices.sort_by_key(|d| d.id);
+    let mut out = Vec::new();
+    for d in devices {
+        let Some(site) = doc.sites.iter().find(|s| s.id == d.site_id) else {
+            continue;
+        };
+        let Some(params) = by_project.get(&site.project_id) else {
+            continue;
+        };
+        out.push(Target {
+            device: d.id,
+            site: site.id,
+            project: site.project_id,
+            params: params.clone(),
+            per_event: metrics.clamp(1, params.len()),
+            token: None,
+        });
+        if out.len() >= want {
+            break;
+        }
+    }
+    out
+}
 
+mod drain;
+mod drive;
+mod prepare;
 mod report;
 mod scrape;
 mod send;
-mod targets;
 mod tokens;
+mod verify;
 
 use report::*;
 use scrape::*;
 use send::*;
-use targets::*;
 
-/// Runs `loadgen`.
+/// Runs `loadgen`: prepare (registry, targets, clients, the "before" readings), drive the
+/// load, wait for the drain, verify the row count, report.
 pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    if args.metrics == 0 {
-        bail!("--metrics must be at least 1");
-    }
-    if !args.rate.is_finite() || args.rate < 0.0 {
-        bail!("--rate must be 0 (as fast as possible) or a positive number of events/s");
-    }
-    let base = args.service.base(&s.http);
-    let metrics_urls: Vec<String> = if args.metrics_urls.is_empty() {
-        vec![base.clone()]
-    } else {
-        args.metrics_urls
-            .iter()
-            .map(|u| u.trim_end_matches('/').to_string())
-            .collect()
-    };
-
-    let doc = with_store(s, Export).await.context(
-        "cannot read the registry (loadgen needs the service's store settings: the same \
-         DATA_DIR, or DATABASE_URL and NATS_URL)",
-    )?;
-    let mut targets = pick_targets(&doc, args.devices.max(1), args.metrics);
-    if targets.is_empty() {
-        bail!(
-            "no active device whose project has parameter templates in the registry \
-             (load one with `nsready registry demo` or `registry import`)"
-        );
-    }
-    if args.mint_tokens && args.batch > 0 && targets.len() > 1 {
-        bail!("--mint-tokens with --batch needs --devices 1 (a token writes for one device)");
-    }
-    let minted = if args.mint_tokens {
-        Some(tokens::mint(s, &mut targets).await?)
-    } else {
+    let run = prepare::prepare(s, args).await?;
+    let load = drive::drive(&run).await;
+    let drained = if run.args.no_wait {
         None
-    };
-    let rows_before = with_store(s, CountRows)
-        .await
-        .context("cannot count the rows of ingest_events")?;
-
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .tcp_nodelay(true)
-        .timeout(REQUEST_TIMEOUT)
-        .build()?;
-    let probe = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    if let Err(e) = probe.get(format!("{base}/v1/health")).send().await {
-        bail!("nsready at {base} does not answer: {e}");
-    }
-    if minted.is_some() {
-        tokens::wait_seen(&probe, &format!("{base}/v1/ingest"), &targets).await?;
-    }
-    let scrape_before = scrape(&probe, &metrics_urls).await;
-
-    let cpu_at_start = cpu_seconds();
-    let base_us = chrono::Utc::now().timestamp_micros();
-    let shared = Arc::new(Shared::new(targets, base_us));
-    let args = Arc::new(args);
-    let url = if args.batch > 0 {
-        format!("{base}/v1/ingest/batch")
     } else {
-        format!("{base}/v1/ingest")
+        Some(drain::drain(&run, &load).await)
     };
-    let auth = s
-        .http
-        .ingest_auth_token
-        .as_ref()
-        .map(|t| t.expose().to_string());
-
-    let ep = Endpoint {
-        client: client.clone(),
-        url,
-        auth,
-        batch: args.batch > 0,
-    };
-    let start = tokio::time::Instant::now();
-    let t0 = Instant::now();
-    let deadline = start + args.duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency {
-        tasks.spawn(sender(
-            Arc::clone(&shared),
-            ep.clone(),
-            Arc::clone(&args),
-            start,
-            deadline,
-        ));
-    }
-    let timer = {
-        let shared = Arc::clone(&shared);
-        let quiet = args.quiet;
-        tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-            let mut last_sent = 0;
-            let mut second = 0u64;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => {
-                        shared.stop.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    _ = tick.tick() => {
-                        second += 1;
-                        let sent = shared.sent_events.load(Ordering::Relaxed);
-                        if !quiet {
-                            eprintln!(
-                                "[{second:>4}s] sent {:>8} ev/s  accepted {:>10}  503 {:>7}  errors {:>5}  in-flight {:>4}",
-                                group(sent - last_sent),
-                                group(shared.accepted_events.load(Ordering::Relaxed)),
-                                group(shared.refused_events.load(Ordering::Relaxed)),
-                                group(shared.rejected_events.load(Ordering::Relaxed)
-                                    + shared.failed_events.load(Ordering::Relaxed)),
-                                shared.in_flight.load(Ordering::Relaxed),
-                            );
-                        }
-                        last_sent = sent;
-                        if shared.stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                    }
-                }
-            }
-        })
-    };
-    let mut latencies: Vec<u32> = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(mut l) => latencies.append(&mut l),
-            Err(e) => shared.note_error(format!("sender task failed: {e}")),
-        }
-    }
-    shared.stop.store(true, Ordering::Relaxed);
-    timer.abort();
-    let load_secs = t0.elapsed().as_secs_f64();
-    let load_end = Instant::now();
-    latencies.sort_unstable();
-
-    let accepted_events = shared.accepted_events.load(Ordering::Relaxed);
-    let accepted_rows = shared.accepted_rows.load(Ordering::Relaxed);
-
-    // Drain: health proves the queue is empty; the workers' rows counter says when the last
-    // commit happened (health is cached up to 1 s, the counter is live).
-    let mut drained_after: Option<f64> = None;
-    let mut drain_note = String::new();
-    if !args.no_wait {
-        if !args.quiet {
-            eprintln!("load done; waiting for the queue to drain ...");
-        }
-        let mut last_rows = scrape(&probe, &metrics_urls)
-            .await
-            .and_then(|s| s.rows_total);
-        let mut last_change = load_end;
-        loop {
-            let now = Instant::now();
-            if let Some(r) = scrape(&probe, &metrics_urls)
-                .await
-                .and_then(|s| s.rows_total)
-                && Some(r) != last_rows
-            {
-                last_rows = Some(r);
-                last_change = now;
-            }
-            let trusted = now.duration_since(load_end) >= HEALTH_MAX_AGE;
-            if trusted && queue_depth(&probe, &base).await == Some(0) {
-                let end = if last_rows.is_some() {
-                    last_change
-                } else {
-                    now
-                };
-                drained_after = Some(end.duration_since(t0).as_secs_f64());
-                break;
-            }
-            if now.duration_since(load_end) > args.drain_timeout {
-                drain_note = format!(
-                    "the queue did not drain within {} s",
-                    args.drain_timeout.as_secs()
-                );
-                break;
-            }
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-    }
-    let scrape_after = scrape(&probe, &metrics_urls).await;
-    let server = match (&scrape_before, &scrape_after) {
+    let scrape_after = scrape(&run.probe, &run.metrics_urls).await;
+    let server = match (&run.scrape_before, &scrape_after) {
         (Some(b), Some(a)) => Some(a.minus(b)),
         (None, Some(a)) => Some(a.clone()),
         _ => None,
     };
-    let rows_after = if args.no_wait {
-        None
-    } else {
-        Some(
+    let rows_after = match drained {
+        None => None,
+        Some(_) => Some(
             with_store(s, CountRows)
                 .await
                 .context("cannot count the rows of ingest_events after the run")?,
-        )
-    };
-
-    // Verification.
-    if let Some(ids) = minted {
-        tokens::revoke(s, ids).await?;
-    }
-    let unknown_rows = shared.unknown_rows.load(Ordering::Relaxed);
-    let (verdict, verdict_note) = match (rows_after, drained_after) {
-        (None, _) => (
-            "NOT VERIFIED",
-            "--no-wait: nothing counted after the run".to_string(),
         ),
-        (Some(_), None) => ("FAIL", drain_note.clone()),
-        (Some(after), Some(_)) => {
-            let actual = after.saturating_sub(rows_before);
-            if after < rows_before {
-                (
-                    "FAIL",
-                    "fewer rows than before the run (rows deleted meanwhile?)".into(),
-                )
-            } else if actual == accepted_rows {
-                ("PASS", "rows delta = accepted events × metrics".into())
-            } else if actual > accepted_rows && actual <= accepted_rows + unknown_rows {
-                (
-                    "PASS",
-                    format!(
-                        "{} more rows than accepted: events answered 503 or failed whose publish \
-                         completed anyway (a 503 acknowledges nothing; retrying it is safe)",
-                        actual - accepted_rows
-                    ),
-                )
-            } else if actual < accepted_rows {
-                (
-                    "FAIL",
-                    format!("{} accepted rows missing", accepted_rows - actual),
-                )
-            } else {
-                (
-                    "FAIL",
-                    format!(
-                        "{} rows more than accepted (another writer, or duplicates)",
-                        actual - accepted_rows
-                    ),
-                )
-            }
-        }
     };
-
-    let committed_rows = rows_after.map(|a| a.saturating_sub(rows_before));
-    let total_secs = drained_after;
-    let rate_of = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    let mean_us = if latencies.is_empty() {
-        None
-    } else {
-        let sum: u64 = latencies.iter().map(|&u| u64::from(u)).sum();
-        Some(u32::try_from(sum / latencies.len() as u64).unwrap_or(u32::MAX))
-    };
-    let first_error = shared.first_error.lock().ok().and_then(|e| e.clone());
-    let client_cpu = cpu_seconds().map(|c| round(c - cpu_at_start.unwrap_or(0.0), 2));
-    let report = json!({
-        "url": base,
-        "mode": if args.batch > 0 { "batch" } else { "single" },
-        "batch": args.batch,
-        "devices": shared.targets.len(),
-        "metrics_per_event": shared.targets.iter().map(|t| t.per_event).max().unwrap_or(0),
-        "rate_target": args.rate,
-        "concurrency": args.concurrency,
-        "auth": if args.mint_tokens { "device tokens" } else if ep.auth.is_some() { "shared token" } else { "none" },
-        "duration_s": args.duration.as_secs_f64(),
-        "requests": shared.requests.load(Ordering::Relaxed),
-        "sent_events": shared.sent_events.load(Ordering::Relaxed),
-        "accepted_events": accepted_events,
-        "accepted_rows": accepted_rows,
-        "refused_503_events": shared.refused_events.load(Ordering::Relaxed),
-        "rejected_4xx_events": shared.rejected_events.load(Ordering::Relaxed),
-        "failed_events": shared.failed_events.load(Ordering::Relaxed),
-        "first_error": first_error,
-        "client_cpu_s": client_cpu,
-        "load_s": round(load_secs, 3),
-        "drained_s": total_secs.map(|t| round(t, 3)),
-        "accepted_events_per_s": round(rate_of(accepted_events, load_secs), 1),
-        "committed_rows_per_s": match (committed_rows, total_secs) {
-            (Some(r), Some(t)) => json!(round(rate_of(r, t), 1)),
-            _ => Value::Null,
-        },
-        "committed_events_per_s": match total_secs {
-            Some(t) => json!(round(rate_of(accepted_events, t), 1)),
-            None => Value::Null,
-        },
-        "latency_ms": {
-            "per": if args.batch > 0 { "request (batch)" } else { "request (event)" },
-            "samples": latencies.len(),
-            "mean": ms(mean_us),
-            "p50": ms(percentile(&latencies, 0.50)),
-            "p95": ms(percentile(&latencies, 0.95)),
-            "p99": ms(percentile(&latencies, 0.99)),
-            "max": ms(latencies.last().copied()),
-        },
-        "commit_latency_ms": server.as_ref().map_or(Value::Null, |sv| {
-            let mut v = hist_json(&sv.processing, 1000.0, 2);
-            v["source"] = json!(format!(
-                "{} (publish → commit, per event, bucket-interpolated)",
-                nsready::metrics::names::PROCESSING_SECONDS
-            ));
-            v
-        }),
-        "server": server.as_ref().map_or(Value::Null, |sv| json!({
-            "db_write_ms": hist_json(&sv.db_write, 1000.0, 2),
-            "batch_size": hist_json(&sv.batch_size, 1.0, 1),
-            "publish_ms": hist_json(&sv.publish, 1000.0, 3),
-            "rows_counted_by_workers": sv.rows_total,
-        })),
-        "rows_before": rows_before,
-        "rows_after": rows_after,
-        "verification": {
-            "status": verdict,
-            "expected_rows": accepted_rows,
-            "actual_rows": committed_rows,
-            "note": verdict_note,
-        },
-    });
-
-    if args.json {
+    if let Some(ids) = &run.minted {
+        tokens::revoke(s, ids.clone()).await?;
+    }
+    let verdict = verify::verify(&run, rows_after, drained.as_ref());
+    let report = report::build(
+        &run,
+        &load,
+        drained.as_ref(),
+        server.as_ref(),
+        rows_after,
+        &verdict,
+    );
+    if run.args.json {
         println!("{report}");
     } else {
         print_human(&report);
     }
-    Ok(if verdict == "FAIL" {
+    Ok(if verdict.status == verify::Status::Fail {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -1,5 +1,11 @@
 //! loadgen: numbers into the human table and the JSON report.
 
+use hdrhistogram::Histogram;
+
+use super::drain::Drained;
+use super::drive::Load;
+use super::prepare::Prepared;
+use super::verify::Verdict;
 use super::*;
 
 /// CPU time (user + system) this process used so far, in seconds: the client's own share
@@ -15,17 +21,103 @@ pub(super) fn cpu_seconds() -> Option<f64> {
     Some(tv(usage.ru_utime) + tv(usage.ru_stime))
 }
 
-/// Nearest-rank percentile of sorted samples.
-pub(super) fn percentile(sorted: &[u32], q: f64) -> Option<u32> {
-    if sorted.is_empty() {
-        return None;
+/// The client-side latency summary (milliseconds) of a histogram of microseconds.
+pub(super) fn latency_json(h: &Histogram<u64>, per: &str) -> Value {
+    let ms = |us: u64| json!(round(us as f64 / 1000.0, 3));
+    if h.is_empty() {
+        return json!({"per": per, "samples": 0, "mean": null, "p50": null, "p95": null,
+                      "p99": null, "max": null});
     }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    json!({
+        "per": per,
+        "samples": h.len(),
+        "mean": json!(round(h.mean() / 1000.0, 3)),
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p95": ms(h.value_at_quantile(0.95)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "max": ms(h.max()),
+    })
 }
 
-pub(super) fn ms(us: Option<u32>) -> Value {
-    us.map_or(Value::Null, |u| json!(round(f64::from(u) / 1000.0, 3)))
+/// The JSON report of a run (also the source of the human table).
+pub(super) fn build(
+    run: &Prepared,
+    load: &Load,
+    drained: Option<&Drained>,
+    server: Option<&Scrape>,
+    rows_after: Option<u64>,
+    verdict: &Verdict,
+) -> Value {
+    let shared = &run.shared;
+    let args = &run.args;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let accepted_events = get(&shared.accepted_events);
+    let accepted_rows = get(&shared.accepted_rows);
+    let committed_rows = rows_after.map(|a| a.saturating_sub(run.rows_before));
+    let total_secs = match drained {
+        Some(Drained::After(t)) => Some(*t),
+        _ => None,
+    };
+    let rate_of = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let first_error = shared.first_error.lock().ok().and_then(|e| e.clone());
+    let client_cpu = cpu_seconds().map(|c| round(c - run.cpu_at_start.unwrap_or(0.0), 2));
+    json!({
+        "url": run.base,
+        "mode": if args.batch > 0 { "batch" } else { "single" },
+        "batch": args.batch,
+        "devices": shared.targets.len(),
+        "metrics_per_event": shared.targets.iter().map(|t| t.per_event).max().unwrap_or(0),
+        "rate_target": args.rate,
+        "concurrency": args.concurrency,
+        "auth": if args.mint_tokens { "device tokens" } else if run.endpoint.auth.is_some() { "shared token" } else { "none" },
+        "duration_s": args.duration.as_secs_f64(),
+        "requests": get(&shared.requests),
+        "sent_events": get(&shared.sent_events),
+        "accepted_events": accepted_events,
+        "accepted_rows": accepted_rows,
+        "refused_503_events": get(&shared.refused_events),
+        "rejected_4xx_events": get(&shared.rejected_events),
+        "failed_events": get(&shared.failed_events),
+        "first_error": first_error,
+        "client_cpu_s": client_cpu,
+        "load_s": round(load.secs, 3),
+        "drained_s": total_secs.map(|t| round(t, 3)),
+        "accepted_events_per_s": round(rate_of(accepted_events, load.secs), 1),
+        "committed_rows_per_s": match (committed_rows, total_secs) {
+            (Some(r), Some(t)) => json!(round(rate_of(r, t), 1)),
+            _ => Value::Null,
+        },
+        "committed_events_per_s": match total_secs {
+            Some(t) => json!(round(rate_of(accepted_events, t), 1)),
+            None => Value::Null,
+        },
+        "latency_ms": latency_json(
+            &load.latencies,
+            if args.batch > 0 { "request (batch)" } else { "request (event)" },
+        ),
+        "commit_latency_ms": server.map_or(Value::Null, |sv| {
+            let mut v = hist_json(&sv.processing, 1000.0, 2);
+            v["source"] = json!(format!(
+                "{} (publish → commit, per event, bucket-interpolated)",
+                nsready::metrics::names::PROCESSING_SECONDS
+            ));
+            v
+        }),
+        "server": server.map_or(Value::Null, |sv| json!({
+            "db_write_ms": hist_json(&sv.db_write, 1000.0, 2),
+            "batch_size": hist_json(&sv.batch_size, 1.0, 1),
+            "publish_ms": hist_json(&sv.publish, 1000.0, 3),
+            "rows_counted_by_workers": sv.rows_total,
+        })),
+        "rows_before": run.rows_before,
+        "rows_after": rows_after,
+        "verification": {
+            "status": verdict.status.as_str(),
+            "expected_rows": accepted_rows,
+            "actual_rows": committed_rows,
+            "note": verdict.note,
+        },
+    })
 }
 
 pub(super) fn round(x: f64, digits: i32) -> f64 {

@@ -162,21 +162,21 @@ pub(super) async fn send_one(
 }
 
 /// One sender: takes the next slot (paced when a rate is set) and the next events, sends,
-/// records. Returns its request latencies in microseconds.
+/// records. Returns its request latencies (microseconds) as a histogram.
 pub(super) async fn sender(
     shared: Arc<Shared>,
     ep: Endpoint,
     args: Arc<LoadgenArgs>,
     start: tokio::time::Instant,
     deadline: tokio::time::Instant,
-) -> Vec<u32> {
+) -> hdrhistogram::Histogram<u64> {
     let per_request = args.batch.max(1) as u64;
     let requests_per_sec = if args.rate > 0.0 {
         Some(args.rate / per_request as f64)
     } else {
         None
     };
-    let mut latencies = Vec::with_capacity(4_096);
+    let mut latencies = super::drive::latency_histogram();
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
@@ -220,7 +220,7 @@ pub(super) async fn sender(
         let t0 = Instant::now();
         let o = send_one(&ep, &shared, first, n, body).await;
         let us = t0.elapsed().as_micros();
-        latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
+        latencies.saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         shared
             .accepted_events

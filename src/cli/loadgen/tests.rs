@@ -81,12 +81,48 @@ fn histograms_and_counters_are_read_from_prometheus_text() {
 }
 
 #[test]
-fn percentiles_are_nearest_rank() {
-    let v: Vec<u32> = (1..=100).collect();
-    assert_eq!(percentile(&v, 0.5), Some(50));
-    assert_eq!(percentile(&v, 0.99), Some(99));
-    assert_eq!(percentile(&v, 1.0), Some(100));
-    assert_eq!(percentile(&[], 0.5), None);
+fn latency_summary_comes_from_the_histogram() {
+    let mut h = drive::latency_histogram();
+    for us in 1..=100u64 {
+        h.record(us * 1000).expect("in range");
+    }
+    let v = latency_json(&h, "request (event)");
+    assert_eq!(v["samples"], 100);
+    // 3 significant digits: within 0.1 % of the exact nearest-rank values.
+    let near = |k: &str, want: f64| {
+        let got = v[k].as_f64().expect("a number");
+        assert!((got - want).abs() <= want * 0.001, "{k}: {got} vs {want}");
+    };
+    near("p50", 50.0);
+    near("p99", 99.0);
+    near("max", 100.0);
+    near("mean", 50.5);
+    assert_eq!(
+        latency_json(&drive::latency_histogram(), "x")["p50"],
+        Value::Null
+    );
     assert_eq!(group(1_234_567), "1,234,567");
     assert_eq!(group(12), "12");
+}
+
+#[test]
+fn the_verdict_counts_rows() {
+    use verify::{Status, count};
+    assert_eq!(count(10, 40, 30, 0).status, Status::Pass);
+    assert_eq!(
+        count(10, 45, 30, 5).status,
+        Status::Pass,
+        "503'd events may land"
+    );
+    assert_eq!(
+        count(10, 46, 30, 5).status,
+        Status::Fail,
+        "more than that is duplicates"
+    );
+    assert_eq!(
+        count(10, 39, 30, 0).status,
+        Status::Fail,
+        "a missing row fails"
+    );
+    assert_eq!(count(10, 9, 0, 0).status, Status::Fail, "rows vanished");
 }

@@ -14,7 +14,7 @@ use nsready::config::Settings;
 use nsready::store::{NewToken, Revoke, Store};
 use uuid::Uuid;
 
-use super::targets::Target;
+use super::Target;
 
 /// Longest wait for the service to load the new tokens.
 const SEEN_WITHIN: Duration = Duration::from_secs(120);

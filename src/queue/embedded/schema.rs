@@ -71,9 +71,11 @@ const MIGRATIONS: &[&str] = &[
 pub(super) fn open(path: &Path) -> Result<Connection, QueueError> {
     let setup = |what: &str| QueueError::Setup(format!("queue file {}: {what}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        crate::private_fs::create_dir(dir)
             .map_err(|e| setup(&format!("cannot create directory {}: {e}", dir.display())))?;
     }
+    // 0600 before SQLite creates it with the umask's mode; its -wal/-shm follow it.
+    crate::private_fs::create_file(path).map_err(|e| setup(&format!("cannot create: {e}")))?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -20,7 +20,7 @@ use super::{
     DeadLetter, DeadLetterReason, Delivery, DlqCounts, Outgoing, Published, Queue, QueueError,
     QueueStats,
 };
-use crate::config::NatsArgs;
+use crate::config::Settings;
 
 mod dlq;
 mod setup;
@@ -73,8 +73,10 @@ pub struct JetStreamOptions {
 }
 
 impl JetStreamOptions {
-    /// From the NATS settings plus the worker's ack wait.
-    pub fn from_args(n: &NatsArgs, ack_wait: Duration) -> Self {
+    /// From the NATS and queue settings plus the worker's ack wait (WORKER_ACK_WAIT is the
+    /// consumer's ack wait; the queue applies it, the worker setting names it).
+    pub fn from_settings(s: &Settings) -> Self {
+        let n = &s.nats;
         JetStreamOptions {
             stream: n.stream_name.clone(),
             subject: n.queue_subject.clone(),
@@ -85,10 +87,10 @@ impl JetStreamOptions {
             max_msgs: n.stream_max_msgs,
             max_bytes: n.stream_max_bytes,
             max_age: n.stream_max_age,
-            duplicate_window: n.duplicate_window,
-            ack_wait,
+            duplicate_window: s.queue.duplicate_window,
+            ack_wait: s.worker.worker_ack_wait,
             max_ack_pending: 100_000,
-            publish_timeout: n.publish_timeout,
+            publish_timeout: s.queue.publish_timeout,
             manage_config: true,
         }
     }
@@ -105,6 +107,17 @@ pub struct JetStreamQueue {
     /// message id: sequences restart at 1 when the stream is recreated, and without it the
     /// DLQ's duplicate window would swallow the new letter.
     stream_created: i128,
+    /// Tracks the tasks this queue spawns (`drain_late`), so that the service's shutdown
+    /// waits for them; `App` hands over its own with [`JetStreamQueue::with_shutdown`].
+    tasks: crate::shutdown::Shutdown,
+}
+
+impl JetStreamQueue {
+    /// Spawns this queue's background tasks through the service's `Shutdown`.
+    pub fn with_shutdown(mut self, shutdown: &crate::shutdown::Shutdown) -> Self {
+        self.tasks = shutdown.clone();
+        self
+    }
 }
 
 impl std::fmt::Debug for JetStreamQueue {
@@ -198,9 +211,9 @@ const FETCH_GRACE: Duration = Duration::from_millis(100);
 /// Reads what is left of a pull we stopped waiting for, until the server (or the client
 /// library's own timer, a few seconds on) ends it, and NAKs every late message without
 /// delay: it goes straight back to the other pulls instead of waiting out the ack wait.
-/// Bounded by that timer, so it needs no shutdown handle.
-fn drain_late(mut batch: consumer::pull::Batch) {
-    tokio::spawn(async move {
+/// Bounded by that timer; tracked by the queue's `Shutdown` so a stop waits for it.
+fn drain_late(tasks: &crate::shutdown::Shutdown, mut batch: consumer::pull::Batch) {
+    tasks.spawn(async move {
         let mut late = 0u32;
         while let Some(Ok(msg)) = batch.next().await {
             late += 1;
@@ -353,7 +366,7 @@ impl Queue for JetStreamQueue {
             });
         }
         if !ended && out.len() < max {
-            drain_late(batch);
+            drain_late(&self.tasks, batch);
         }
         Ok(out)
     }

@@ -201,6 +201,7 @@ impl JetStreamQueue {
             consumer,
             opts,
             stream_created,
+            tasks: crate::shutdown::Shutdown::new(),
         })
     }
 }

@@ -167,6 +167,13 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(|e| classify(&e))
     }
 
+    async fn create_roles(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| classify(&e))?;
+        migrate::create_roles(&tx).await?;
+        tx.commit().await.map_err(|e| classify(&e))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.timeout, async {

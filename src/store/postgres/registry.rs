@@ -5,7 +5,7 @@
 //! refused row is known exactly and named in the error; registries are small and imports
 //! rare, unlike telemetry, which [`super::PostgresStore`] writes in bulk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use deadpool_postgres::{Client, Transaction};
 use tokio_postgres::error::DbError;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::error::classify;
 use crate::registry::{
     Customer, Device, DeviceInfo, ImportReport, ParameterTemplate, Project, RegistryDoc,
-    RegistrySnapshot, Site,
+    RegistrySnapshot, Site, template_project,
 };
 use crate::store::StoreError;
 
@@ -23,11 +23,12 @@ use crate::store::StoreError;
 /// the import at about one round trip per chunk.
 const PIPELINE: usize = 256;
 
-/// Devices with their site's project, and every parameter key.
+/// Devices with their site's project, and every parameter key with its template's project.
 pub(super) async fn load(client: &Client) -> Result<RegistrySnapshot, StoreError> {
     let devices_sql = "SELECT d.id, d.site_id, s.project_id, d.status \
                        FROM devices d JOIN sites s ON s.id = d.site_id";
-    let keys_sql = "SELECT key FROM parameter_templates";
+    // `->>` on jsonb is NULL for a metadata that is not an object: no row can fail here.
+    let keys_sql = "SELECT key, metadata->>'project_id' FROM parameter_templates";
     let (devices_stmt, keys_stmt) = futures::try_join!(
         client.prepare_cached(devices_sql),
         client.prepare_cached(keys_sql)
@@ -42,7 +43,7 @@ pub(super) async fn load(client: &Client) -> Result<RegistrySnapshot, StoreError
     .map_err(|e| classify(&e))?;
     let mut snapshot = RegistrySnapshot {
         devices: HashMap::with_capacity(devices.len()),
-        parameters: HashSet::with_capacity(keys.len()),
+        parameters: HashMap::with_capacity(keys.len()),
     };
     // One row the loader cannot read (a NULL status, a column of an unexpected type) is
     // skipped with an error log: the device is then unknown, and only its events wait.
@@ -64,9 +65,13 @@ pub(super) async fn load(client: &Client) -> Result<RegistrySnapshot, StoreError
         }
     }
     for (i, row) in keys.iter().enumerate() {
-        match row.try_get::<_, String>(0) {
-            Ok(key) => {
-                snapshot.parameters.insert(key);
+        let read = || -> Result<(String, Option<String>), tokio_postgres::Error> {
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        };
+        match read() {
+            Ok((key, meta_project)) => {
+                let project = template_project(&key, meta_project.as_deref());
+                snapshot.parameters.insert(key, project);
             }
             Err(e) => tracing::error!(row = i, error = %e,
                 "registry: skipping a parameter template row that cannot be read"),

@@ -94,7 +94,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let at = |e: StoreError| prefix(e, &format!("store file {}", path.display()));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            crate::private_fs::create_dir(dir).map_err(|e| {
                 StoreError::Unavailable(format!(
                     "store file {}: cannot create directory {}: {e}",
                     path.display(),
@@ -102,6 +102,10 @@ impl SqliteStore {
                 ))
             })?;
         }
+        // 0600 before SQLite creates it with the umask's mode; its -wal/-shm follow it.
+        crate::private_fs::create_file(path).map_err(|e| {
+            StoreError::Unavailable(format!("store file {}: cannot create: {e}", path.display()))
+        })?;
         let writer = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE

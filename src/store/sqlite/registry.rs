@@ -12,12 +12,12 @@ use uuid::Uuid;
 use super::{classify, parse_uuid};
 use crate::registry::{
     Customer, Device, DeviceInfo, ImportReport, ParameterTemplate, Project, RegistryDoc,
-    RegistrySnapshot, Site,
+    RegistrySnapshot, Site, template_project,
 };
 use crate::store::StoreError;
 
-/// Reads devices (with their site's project) and parameter keys, in one read transaction so
-/// the two lists agree.
+/// Reads devices (with their site's project) and parameter keys (with their template's
+/// project), in one read transaction so the two lists agree.
 pub(super) fn load(conn: &mut Connection) -> Result<RegistrySnapshot, StoreError> {
     let tx = conn.transaction().map_err(classify)?;
     // Each row is read on its own: one the loader cannot read (a NULL, a value of another
@@ -29,8 +29,8 @@ pub(super) fn load(conn: &mut Connection) -> Result<RegistrySnapshot, StoreError
          FROM devices d JOIN sites s ON s.id = d.site_id",
         |r| Ok(device_row(r)),
     )?;
-    let keys = collect(&tx, "SELECT key FROM parameter_templates", |r| {
-        Ok(r.get::<_, String>(0).map_err(|e| e.to_string()))
+    let keys = collect(&tx, "SELECT key, metadata FROM parameter_templates", |r| {
+        Ok(template_row(r))
     })?;
     let mut snapshot = RegistrySnapshot::default();
     for (i, row) in devices.into_iter().enumerate() {
@@ -44,14 +44,28 @@ pub(super) fn load(conn: &mut Connection) -> Result<RegistrySnapshot, StoreError
     }
     for (i, key) in keys.into_iter().enumerate() {
         match key {
-            Ok(key) => {
-                snapshot.parameters.insert(key);
+            Ok((key, project)) => {
+                snapshot.parameters.insert(key, project);
             }
             Err(e) => tracing::error!(row = i, error = %e,
                 "registry: skipping a parameter template row that cannot be read"),
         }
     }
     Ok(snapshot)
+}
+
+/// One template row of the snapshot query: its key and project. The metadata is parsed
+/// here, not by SQLite's `json_extract`, so one row of invalid JSON cannot fail the load
+/// (its project then comes from the key alone).
+fn template_row(r: &rusqlite::Row<'_>) -> Result<(String, Option<Uuid>), String> {
+    let key = r
+        .get::<_, String>(0)
+        .map_err(|e| format!("column 0: {e}"))?;
+    let metadata = r.get::<_, Option<String>>(1).ok().flatten();
+    let meta: Option<serde_json::Value> = metadata.and_then(|m| serde_json::from_str(&m).ok());
+    let meta_project = meta.as_ref().and_then(|m| m["project_id"].as_str());
+    let project = template_project(&key, meta_project);
+    Ok((key, project))
 }
 
 /// One device row of the snapshot query, or why it cannot be read.

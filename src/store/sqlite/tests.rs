@@ -314,7 +314,10 @@ async fn load_registry_reads_devices_and_parameters() -> TestResult {
     let snap = store.load_registry().await?;
     assert_eq!(snap.devices.len(), 20);
     assert_eq!(snap.parameters.len(), 3);
-    assert!(snap.parameters.contains(&key("power")));
+    assert_eq!(
+        snap.parameters.get(&key("power")),
+        Some(&Some(demo_ids::PROJECT_01))
+    );
     let info = snap.devices.get(&demo_ids::device(3, 2)).ok_or("missing")?;
     assert_eq!(info.site_id, demo_ids::site(3));
     assert_eq!(info.project_id, demo_ids::project(3));

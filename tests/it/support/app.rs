@@ -375,7 +375,7 @@ impl TestEnv {
                 let client = jetstream::connect(&url, &s.nats)
                     .await
                     .expect("nats connect");
-                let mut opts = JetStreamOptions::from_args(&s.nats, s.worker.worker_ack_wait);
+                let mut opts = JetStreamOptions::from_settings(&s);
                 // An observer: never rewrite the settings the app under test gave the consumer.
                 opts.manage_config = false;
                 let q = JetStreamQueue::provision(client, opts)
