@@ -348,6 +348,12 @@ mod tests {
             (BatchStatus::Queued, StatusCode::OK, false),
             (BatchStatus::Rejected, StatusCode::BAD_REQUEST, false),
             (BatchStatus::Partial, StatusCode::SERVICE_UNAVAILABLE, true),
+            (BatchStatus::Forbidden, StatusCode::FORBIDDEN, false),
+            (
+                BatchStatus::RateLimited(3),
+                StatusCode::TOO_MANY_REQUESTS,
+                true,
+            ),
         ];
         for (status, code, retry_after) in cases {
             let resp = Reply::Batch(status, json!({"status": status.as_str()})).into_response();
@@ -358,6 +364,14 @@ mod tests {
                 "{status:?}"
             );
         }
+        let limited = Reply::Batch(BatchStatus::RateLimited(3), json!({})).into_response();
+        assert_eq!(
+            limited
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
         let ready = Reply::Ready(Err("queue unreachable")).into_response();
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
