@@ -12,6 +12,8 @@ use std::pin::Pin;
 
 use tokio::net::TcpListener;
 
+use crate::collector::auth::{self, Auth};
+use crate::collector::rate::DeviceLimiter;
 use crate::collector::serve::ServerLimits;
 use crate::collector::{self, Collector, HttpSettings};
 use crate::config::{Deployment, Settings};
@@ -172,6 +174,10 @@ impl App {
         role: Role,
         shutdown: Shutdown,
     ) -> Result<App, AppError> {
+        if role.has_collector() {
+            settings.validate()?;
+            auth::protected_mode(&settings.http).map_err(|e| AppError::Refused(e.to_string()))?;
+        }
         let task = Assemble {
             settings,
             role,
@@ -366,6 +372,22 @@ async fn assemble<Q: Queue, S: Store>(
     } else {
         None
     };
+    let (auth, rate) = if role.has_collector() {
+        let auth = auth::setup(&store, settings, &shutdown)
+            .await
+            .map_err(|e| AppError::Refused(e.to_string()))?;
+        let rate = DeviceLimiter::from_settings(
+            settings.http.ingest_rate_limit,
+            settings.http.ingest_rate_burst,
+        )
+        .map(std::sync::Arc::new);
+        if let Some(r) = &rate {
+            r.spawn_pruning(&shutdown);
+        }
+        (auth, rate)
+    } else {
+        (Auth::Open, None)
+    };
     let http = HttpSettings {
         max_body: settings.http.ingest_max_body_bytes,
         max_batch: settings.http.ingest_max_batch_bytes,
@@ -373,7 +395,8 @@ async fn assemble<Q: Queue, S: Store>(
         body_timeout: settings.http.http_body_timeout,
         max_inflight: settings.http.http_max_inflight,
         max_inflight_bytes: settings.http.ingest_max_inflight_bytes,
-        auth_token: settings.http.ingest_auth_token.clone(),
+        auth,
+        rate,
         stall_after: settings.worker.stall_after,
         consumer_name: settings.nats.consumer_name.clone(),
         role: role.name(),

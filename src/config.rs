@@ -25,7 +25,7 @@ mod worker;
 pub use db::{DbArgs, SslMode};
 pub use duration::parse_duration;
 pub use embedded::EmbeddedArgs;
-pub use http::HttpArgs;
+pub use http::{HttpArgs, IngestAuth};
 pub use nats::NatsArgs;
 pub use queue::QueueArgs;
 pub use secret::Secret;

@@ -94,6 +94,37 @@ impl ErrorType {
     }
 }
 
+/// Why the collector refused events before queueing them for a reason other than their
+/// shape (`ingest_refused_total{reason}`): authentication, authorization, rate limit.
+/// Device-free on purpose: a label per device would grow without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// Missing, unknown or expired bearer token (401; counted per request).
+    Unauthorized,
+    /// A token used for another device's event (403, or a batch item; per event).
+    Forbidden,
+    /// The device is over INGEST_RATE_LIMIT (429, or a batch item; per event).
+    RateLimited,
+}
+
+impl RefusalReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Unauthorized => "unauthorized",
+            RefusalReason::Forbidden => "forbidden",
+            RefusalReason::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Label of `ingest_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `unauthorized`, `forbidden` or `rate_limited`.
+    pub reason: &'static str,
+}
+
 /// Label of `ingest_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -123,6 +154,8 @@ pub mod names {
     pub const ROWS_TOTAL: &str = "ingest_rows_total";
     /// Counter: events by status.
     pub const EVENTS_TOTAL: &str = "ingest_events_total";
+    /// Counter: requests or events refused by auth or the rate limit, by reason.
+    pub const REFUSED_TOTAL: &str = "ingest_refused_total";
 }
 
 /// The queue's state as the gauges show it: plain numbers, so this module needs no queue
@@ -147,6 +180,7 @@ struct Inner {
     registry: Registry,
     events: Family<StatusLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
+    refused: Family<ReasonLabel, Counter>,
     queue_depth: Gauge,
     consumer_pending: Gauge,
     consumer_ack_pending: Gauge,
@@ -182,6 +216,13 @@ impl Metrics {
             "ingest_errors",
             "Errors by platform error type",
             errors.clone(),
+        );
+        let refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            names::REFUSED_TOTAL.trim_end_matches("_total"),
+            "Ingest refused by authentication (per request), authorization or the per-device \
+             rate limit (per event)",
+            refused.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
@@ -260,6 +301,7 @@ impl Metrics {
                 registry,
                 events,
                 errors,
+                refused,
                 queue_depth,
                 consumer_pending,
                 consumer_ack_pending,
@@ -292,6 +334,16 @@ impl Metrics {
             .errors
             .get_or_create(&ErrorLabel {
                 error_type: error_type.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts refusals by reason.
+    pub fn refused(&self, reason: RefusalReason, n: u64) {
+        self.inner
+            .refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
             })
             .inc_by(n);
     }

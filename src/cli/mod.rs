@@ -9,6 +9,7 @@ mod registry;
 mod serve;
 mod status;
 mod table;
+mod token;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,9 @@ pub enum Command {
     /// Load, list or export the registry (customers, projects, sites, devices, parameters).
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Create, list or revoke per-device ingest tokens (INGEST_AUTH=token).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Show the newest value of each device parameter (v_scada_latest).
     Latest {
         /// Only this device.
@@ -96,6 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(&s, args).await,
         Command::Dlq(cmd) => dlq::run(&s, cmd).await,
         Command::Registry(cmd) => registry::run(&s, cmd).await,
+        Command::Token(cmd) => token::run(&s, cmd).await,
         Command::Latest { device, json } => registry::latest(&s, device, json).await,
         Command::Loadgen(args) => loadgen::run(&s, args).await,
     }

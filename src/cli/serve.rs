@@ -4,20 +4,34 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use nsready::app::{App, Role};
-use nsready::config::Settings;
+use nsready::config::{IngestAuth, Settings};
 use nsready::shutdown::{self, Shutdown};
 
 /// Runs a role until SIGINT/SIGTERM.
 pub async fn run(settings: &Settings, role: Role, demo: bool) -> anyhow::Result<ExitCode> {
+    // The printed curl carries what the configured authentication needs.
+    let mut auth_header = None;
     if demo {
         super::registry::load_demo(settings).await?;
+        auth_header = match settings.http.auth_mode() {
+            Some(IngestAuth::Token) => {
+                let d = nsready::registry::demo_ids::DEVICE_01_1;
+                let token = super::token::mint(settings, d).await?;
+                Some(format!(" -H 'Authorization: Bearer {token}'"))
+            }
+            // The shell expands it: the secret itself is never printed.
+            Some(IngestAuth::Shared) => {
+                Some(" -H \"Authorization: Bearer $INGEST_AUTH_TOKEN\"".to_string())
+            }
+            _ => None,
+        };
     }
     let sd = Shutdown::new();
     let app = App::build(settings, role, sd.clone())
         .await
         .context("cannot start")?;
     if demo {
-        print_demo_curl(app.port());
+        print_demo_curl(app.port(), auth_header.as_deref().unwrap_or_default());
     }
     let trigger = sd.clone();
     // Tracked like every task; it ends at the signal, or when the service stops for
@@ -35,13 +49,17 @@ pub async fn run(settings: &Settings, role: Role, demo: bool) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_demo_curl(port: u16) {
+fn print_demo_curl(port: u16, auth: &str) {
     let d = nsready::registry::demo_ids::DEVICE_01_1;
     let p = nsready::registry::demo_ids::PROJECT_01;
     let s = nsready::registry::demo_ids::SITE_01;
-    println!(
+    // Not println!: a reader that closed stdout after the curl line (a pipe) must not make
+    // the service panic on the next line.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "\nDemo registry loaded. Send an event:\n\n\
-curl -s -X POST http://127.0.0.1:{port}/v1/ingest -H 'Content-Type: application/json' -d '{{\"project_id\":\"{p}\",\"site_id\":\"{s}\",\"device_id\":\"{d}\",\"protocol\":\"HTTP\",\"source_timestamp\":\"2025-11-14T12:00:00Z\",\"metrics\":[{{\"parameter_key\":\"project:{p}:voltage\",\"value\":230.5,\"quality\":192,\"attributes\":{{\"unit\":\"V\"}}}}]}}'\n\n\
+curl -s -X POST http://127.0.0.1:{port}/v1/ingest{auth} -H 'Content-Type: application/json' -d '{{\"project_id\":\"{p}\",\"site_id\":\"{s}\",\"device_id\":\"{d}\",\"protocol\":\"HTTP\",\"source_timestamp\":\"2025-11-14T12:00:00Z\",\"metrics\":[{{\"parameter_key\":\"project:{p}:voltage\",\"value\":230.5,\"quality\":192,\"attributes\":{{\"unit\":\"V\"}}}}]}}'\n\n\
 Then look at it:  nsready latest --device {d}\n"
     );
 }

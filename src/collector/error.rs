@@ -50,6 +50,13 @@ pub enum ApiError {
     /// Auth is on and the bearer token is missing or wrong: 401.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The request's token authorizes another device than the event's: 403 (the device id
+    /// is the event's own, never the token or the device the token belongs to).
+    #[error("the token does not authorize device {device_id}")]
+    Forbidden { device_id: uuid::Uuid },
+    /// The device is over INGEST_RATE_LIMIT: 429 with Retry-After (whole seconds).
+    #[error("device over INGEST_RATE_LIMIT; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// The queue is full or unreachable: 503 with Retry-After.
     #[error("queue unavailable: {0}")]
     Unavailable(QueueError),
@@ -77,6 +84,8 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -118,6 +127,13 @@ impl ApiError {
                 "detail": "authorization: missing or invalid bearer token",
                 "errors": [{"loc": ["headers", "authorization"], "msg": "must be `Bearer <token>` with a valid token"}],
             }),
+            ApiError::Forbidden { device_id } => json!({
+                "detail": format!("device_id: the bearer token does not authorize device {device_id}; nothing was queued"),
+                "errors": [{"loc": ["device_id"], "msg": "must be the device the token was created for"}],
+            }),
+            ApiError::RateLimited { retry_after } => json!({
+                "detail": format!("rate limit: this device sent more than INGEST_RATE_LIMIT allows; nothing was queued, retry after {retry_after} s"),
+            }),
             ApiError::Unavailable(QueueError::Full) => json!({
                 "detail": "queue is full; nothing was queued, retry later",
             }),
@@ -149,6 +165,17 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
+        match &self {
+            ApiError::Unauthorized => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
         if matches!(
             self,
             ApiError::BodyTimeout { .. } | ApiError::BodyRead(_) | ApiError::OverBudget
@@ -171,6 +198,12 @@ pub enum BatchStatus {
     /// The queue refused part of it (full or unreachable): 503 with Retry-After; the
     /// `results` say which items were queued.
     Partial,
+    /// Nothing queued, every item for a device the request's token does not authorize:
+    /// 403 (`"status":"rejected"`).
+    Forbidden,
+    /// Nothing queued, and the per-device rate limit is why for some items: 429 with this
+    /// `Retry-After` (whole seconds).
+    RateLimited(u64),
 }
 
 impl BatchStatus {
@@ -180,6 +213,8 @@ impl BatchStatus {
             BatchStatus::Queued => "queued",
             BatchStatus::Rejected => "rejected",
             BatchStatus::Partial => "partial",
+            BatchStatus::Forbidden => "rejected",
+            BatchStatus::RateLimited(_) => "rate_limited",
         }
     }
 }
@@ -213,11 +248,18 @@ impl IntoResponse for Reply {
                     BatchStatus::Queued => StatusCode::OK,
                     BatchStatus::Rejected => StatusCode::BAD_REQUEST,
                     BatchStatus::Partial => StatusCode::SERVICE_UNAVAILABLE,
+                    BatchStatus::Forbidden => StatusCode::FORBIDDEN,
+                    BatchStatus::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
                 };
                 let mut resp = (code, Json(body)).into_response();
-                if status == BatchStatus::Partial {
+                let retry_after = match status {
+                    BatchStatus::Partial => Some(u64::from(RETRY_AFTER_SECS)),
+                    BatchStatus::RateLimited(secs) => Some(secs),
+                    _ => None,
+                };
+                if let Some(secs) = retry_after {
                     resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 }
                 resp
             }
@@ -270,6 +312,30 @@ mod tests {
     }
 
     #[test]
+    fn auth_refusals_carry_their_headers_and_name_the_field() {
+        let resp = ApiError::Unauthorized.into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+        let device_id = uuid::Uuid::new_v4();
+        let e = ApiError::Forbidden { device_id };
+        assert_eq!(e.body()["errors"][0]["loc"][0], "device_id");
+        assert_eq!(e.into_response().status(), StatusCode::FORBIDDEN);
+        let resp = ApiError::RateLimited { retry_after: 2 }.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"2"[..])
+        );
+    }
+
+    #[test]
     fn overload_is_503_with_retry_after() {
         let resp = ApiError::Overloaded.into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -282,6 +348,12 @@ mod tests {
             (BatchStatus::Queued, StatusCode::OK, false),
             (BatchStatus::Rejected, StatusCode::BAD_REQUEST, false),
             (BatchStatus::Partial, StatusCode::SERVICE_UNAVAILABLE, true),
+            (BatchStatus::Forbidden, StatusCode::FORBIDDEN, false),
+            (
+                BatchStatus::RateLimited(3),
+                StatusCode::TOO_MANY_REQUESTS,
+                true,
+            ),
         ];
         for (status, code, retry_after) in cases {
             let resp = Reply::Batch(status, json!({"status": status.as_str()})).into_response();
@@ -292,6 +364,14 @@ mod tests {
                 "{status:?}"
             );
         }
+        let limited = Reply::Batch(BatchStatus::RateLimited(3), json!({})).into_response();
+        assert_eq!(
+            limited
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
         let ready = Reply::Ready(Err("queue unreachable")).into_response();
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -4,6 +4,12 @@
 //! waits on the database). It answers 200 only after the queue has durably stored the
 //! message; a full or unreachable queue gives 503 with Retry-After. Batch items are
 //! independent: valid ones are queued, invalid ones reported by index.
+//!
+//! Authentication comes first (401 before the body is read); then, per event, the token's
+//! device must be the event's (403 for a single event, a per-item error in a batch) and
+//! the device must be within the rate limit (429 + Retry-After for a single event; in a
+//! batch a per-item error marked retryable, and 429 + Retry-After for the whole answer when
+//! nothing was queued because of it).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +24,10 @@ use uuid::Uuid;
 use super::Collector;
 use super::body::{media_type, read_body};
 use super::error::{ApiError, BatchStatus, Reply};
+use super::rate::retry_after_secs;
 use crate::event::envelope;
 use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
-use crate::metrics::{ErrorType, EventStatus};
+use crate::metrics::{ErrorType, EventStatus, RefusalReason};
 use crate::queue::{Outgoing, Queue, QueueError};
 use crate::store::Store;
 use tracing::Instrument;
@@ -46,7 +53,7 @@ async fn ingest_one<Q: Queue, S: Store>(
     body: Body,
     trace_id: String,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    let principal = app.authorize(&headers)?;
     match media_type(&headers).as_deref() {
         None | Some("application/json") => {}
         Some(t) if t.ends_with("+json") => {}
@@ -59,6 +66,18 @@ async fn ingest_one<Q: Queue, S: Store>(
         app.metrics.error(ErrorType::ValidationError, 1);
         ApiError::Invalid(r)
     })?;
+    if !principal.allows(event.device_id()) {
+        app.metrics.refused(RefusalReason::Forbidden, 1);
+        return Err(ApiError::Forbidden {
+            device_id: event.device_id(),
+        });
+    }
+    if let Err(wait) = app.rate_check(&event.device_id()) {
+        app.metrics.refused(RefusalReason::RateLimited, 1);
+        return Err(ApiError::RateLimited {
+            retry_after: retry_after_secs(wait),
+        });
+    }
     let msg = outgoing(&event, trace_id.clone());
     let started = Instant::now();
     let published = app.queue.publish(msg).await?;
@@ -97,7 +116,7 @@ async fn ingest_many<Q: Queue, S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    let principal = app.authorize(&headers)?;
     let format = match media_type(&headers).as_deref() {
         None | Some("application/json") => BatchFormat::JsonArray,
         Some("application/x-ndjson" | "application/ndjson" | "application/jsonlines") => {
@@ -118,8 +137,28 @@ async fn ingest_many<Q: Queue, S: Store>(
     let mut to_publish = Vec::new();
     let mut slots = Vec::new();
     let mut rejected = 0usize;
+    let mut forbidden = 0u64;
+    let mut limited = 0u64;
+    let mut longest_wait = std::time::Duration::ZERO;
     crate::event::parse_batch_each(&bytes, format, rules, &mut |index, item| match item {
         Ok(event) => {
+            if !principal.allows(event.device_id()) {
+                forbidden += 1;
+                let e = ApiError::Forbidden {
+                    device_id: event.device_id(),
+                };
+                results.push(json!({"index": index, "error": e.body()}));
+                return;
+            }
+            if let Err(wait) = app.rate_check(&event.device_id()) {
+                longest_wait = longest_wait.max(wait);
+                limited += 1;
+                results.push(json!({"index": index, "error": {
+                    "detail": "rate limit: this device sent more than INGEST_RATE_LIMIT allows; not queued, retry later",
+                    "retryable": true,
+                }}));
+                return;
+            }
             let trace_id = Uuid::new_v4().to_string();
             let msg = outgoing(&event, trace_id.clone());
             slots.push((index, trace_id));
@@ -142,6 +181,12 @@ async fn ingest_many<Q: Queue, S: Store>(
     if rejected > 0 {
         app.metrics
             .error(ErrorType::ValidationError, rejected as u64);
+    }
+    if forbidden > 0 {
+        app.metrics.refused(RefusalReason::Forbidden, forbidden);
+    }
+    if limited > 0 {
+        app.metrics.refused(RefusalReason::RateLimited, limited);
     }
     let started = Instant::now();
     let published = app.queue.publish_many(to_publish).await;
@@ -176,8 +221,13 @@ async fn ingest_many<Q: Queue, S: Store>(
     // Nothing valid: 400 with status "rejected", so a client that only looks at the HTTP
     // status learns that nothing was queued (and that retrying the same body cannot help).
     let all_rejected = accepted == 0 && unavailable.is_none();
+    // Nothing queued and the rate limit is why for some: 429, so a client backs off.
+    let throttled = all_rejected && limited > 0;
     let status = match (&unavailable, all_rejected) {
         (Some(_), _) => BatchStatus::Partial,
+        (None, true) if throttled => BatchStatus::RateLimited(retry_after_secs(longest_wait)),
+        // Every item was for a device the token does not cover.
+        (None, true) if forbidden > 0 && forbidden as usize == not_queued => BatchStatus::Forbidden,
         (None, true) => BatchStatus::Rejected,
         (None, false) => BatchStatus::Queued,
     };

@@ -9,10 +9,12 @@
 //! connection cap, header and idle timeouts, shutdown) is [`serve`]; bodies are read by
 //! [`body`].
 
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod rate;
 pub mod serve;
 pub mod tls;
 
@@ -21,13 +23,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 
-use crate::config::Secret;
 use crate::event::TimeWindow;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -67,8 +68,10 @@ pub struct Collector<Q, S> {
     pub(crate) max_inflight: usize,
     /// Bytes of bodies all ingest requests may hold at once (`INGEST_MAX_INFLIGHT_BYTES`).
     pub(crate) body_budget: body::BodyBudget,
-    /// Bearer token required for ingest, when set.
-    pub(crate) auth_token: Option<Secret>,
+    /// Who may ingest for which device (`INGEST_AUTH`).
+    pub(crate) auth: auth::Auth,
+    /// Per-device rate limit, when on (`INGEST_RATE_LIMIT`).
+    pub(crate) rate: Option<Arc<rate::DeviceLimiter>>,
     /// The worker pool's state, for roles that run workers (stall and readiness checks).
     pub(crate) pool: Option<Arc<dyn WorkerHealth>>,
     pub(crate) stall_after: Duration,
@@ -94,7 +97,10 @@ pub struct HttpSettings {
     pub max_inflight: usize,
     /// Bytes of bodies all ingest requests may hold at once; past it 503 with Retry-After.
     pub max_inflight_bytes: usize,
-    pub auth_token: Option<Secret>,
+    /// The authentication in force (the token cache is loaded and refreshed by the caller).
+    pub auth: auth::Auth,
+    /// The per-device rate limit, when on.
+    pub rate: Option<Arc<rate::DeviceLimiter>>,
     pub stall_after: Duration,
     pub consumer_name: String,
     pub role: &'static str,
@@ -120,7 +126,8 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             body_timeout: settings.body_timeout,
             max_inflight: settings.max_inflight,
             body_budget: body::BodyBudget::new(settings.max_inflight_bytes),
-            auth_token: settings.auth_token,
+            auth: settings.auth,
+            rate: settings.rate,
             pool,
             stall_after: settings.stall_after,
             consumer_name: settings.consumer_name,
@@ -131,29 +138,23 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
         })
     }
 
-    /// Checks the bearer token when auth is on.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(want) = &self.auth_token else {
-            return Ok(());
-        };
-        let got = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if constant_time_eq(got.as_bytes(), want.expose().as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+    /// Checks the request's credential: who it may write for, or 401 (counted).
+    fn authorize(&self, headers: &HeaderMap) -> Result<auth::Principal, ApiError> {
+        self.auth
+            .check(headers, chrono::Utc::now())
+            .inspect_err(|_| {
+                self.metrics
+                    .refused(crate::metrics::RefusalReason::Unauthorized, 1);
+            })
+    }
+
+    /// Takes the rate limit's place for one event of `device`; the wait when over it.
+    fn rate_check(&self, device: &uuid::Uuid) -> Result<(), std::time::Duration> {
+        match &self.rate {
+            Some(l) => l.check(device),
+            None => Ok(()),
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The router; `with_ingest` adds the ingest routes (roles with a collector), behind the

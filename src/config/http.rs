@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use super::{Secret, parse_duration};
+use super::{ConfigError, Secret, parse_duration};
 
 /// HTTP service.
 #[derive(Args, Clone, Debug)]
@@ -14,8 +14,9 @@ pub struct HttpArgs {
     /// Port for ingest, health, readiness and metrics.
     #[arg(long, env = "SERVICE_PORT", default_value_t = 8001, global = true)]
     pub service_port: u16,
-    /// Address to listen on.
-    #[arg(long, env = "SERVICE_HOST", default_value = "0.0.0.0", global = true)]
+    /// Address to listen on. Loopback by default: set 0.0.0.0 (or an interface address) to
+    /// accept ingest from other machines, with INGEST_AUTH configured (protected mode).
+    #[arg(long, env = "SERVICE_HOST", default_value = "127.0.0.1", global = true)]
     pub service_host: String,
     /// Largest request body for /v1/ingest (bytes); larger gets 413.
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 1 << 20, global = true)]
@@ -26,6 +27,20 @@ pub struct HttpArgs {
     /// When set, ingest requires `Authorization: Bearer <token>`; otherwise 401.
     #[arg(long, env = "INGEST_AUTH_TOKEN", global = true, hide_env_values = true)]
     pub ingest_auth_token: Option<Secret>,
+    /// Ingest authentication: `token` (per-device tokens from `nsready token create`; a
+    /// token authorizes its own device only), `shared` (INGEST_AUTH_TOKEN), `none` (open).
+    /// Unset: `shared` when INGEST_AUTH_TOKEN is set, else none configured, which is
+    /// refused on a non-loopback SERVICE_HOST (protected mode).
+    #[arg(long, env = "INGEST_AUTH", value_enum, global = true)]
+    pub ingest_auth: Option<IngestAuth>,
+    /// Events per second each device may send (token bucket per device_id; 0 = no limit).
+    /// Beyond it: 429 with Retry-After (a per-item error in a batch).
+    #[arg(long, env = "INGEST_RATE_LIMIT", default_value_t = 0, global = true)]
+    pub ingest_rate_limit: u32,
+    /// Events a device may send at once above INGEST_RATE_LIMIT (the bucket's size);
+    /// default: one second's worth.
+    #[arg(long, env = "INGEST_RATE_BURST", global = true)]
+    pub ingest_rate_burst: Option<u32>,
     /// File holding INGEST_AUTH_TOKEN (container secrets; one trailing newline is stripped).
     #[arg(long, env = "INGEST_AUTH_TOKEN_FILE", global = true)]
     pub ingest_auth_token_file: Option<PathBuf>,
@@ -85,7 +100,65 @@ pub struct HttpArgs {
     pub ingest_max_past: Duration,
 }
 
+/// How ingest requests authenticate (`INGEST_AUTH`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IngestAuth {
+    /// Open ingest, explicitly (also on a non-loopback address, with a warning).
+    None,
+    /// One shared bearer token, `INGEST_AUTH_TOKEN`.
+    Shared,
+    /// Per-device bearer tokens stored as hashes in `tokens`.
+    Token,
+}
+
 impl HttpArgs {
+    /// The authentication in force: INGEST_AUTH, else `shared` when INGEST_AUTH_TOKEN is
+    /// set; `None` when nothing is configured (protected mode decides).
+    pub fn auth_mode(&self) -> Option<IngestAuth> {
+        self.ingest_auth
+            .or(self.ingest_auth_token.as_ref().map(|_| IngestAuth::Shared))
+    }
+
+    /// INGEST_AUTH agrees with INGEST_AUTH_TOKEN; the rate-limit burst is usable.
+    ///
+    /// # Errors
+    /// `Invalid` naming INGEST_AUTH, INGEST_AUTH_TOKEN or INGEST_RATE_BURST.
+    pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        let shared = self.ingest_auth_token.is_some();
+        match (self.ingest_auth, shared) {
+            (Some(IngestAuth::Shared), false) => Err(ConfigError::Invalid {
+                name: "INGEST_AUTH",
+                reason: "`shared` needs INGEST_AUTH_TOKEN, the token every client sends".into(),
+            }),
+            (Some(mode @ (IngestAuth::None | IngestAuth::Token)), true) => {
+                Err(ConfigError::Invalid {
+                    name: "INGEST_AUTH_TOKEN",
+                    reason: format!(
+                        "is set but INGEST_AUTH is `{}`, which does not use it; unset it, or \
+                         set INGEST_AUTH=shared",
+                        if mode == IngestAuth::None {
+                            "none"
+                        } else {
+                            "token"
+                        }
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }?;
+        match (self.ingest_rate_limit, self.ingest_rate_burst) {
+            (_, Some(0)) => Err(ConfigError::Invalid {
+                name: "INGEST_RATE_BURST",
+                reason: "must be at least 1 (no event could ever pass)".into(),
+            }),
+            (0, Some(_)) => Err(ConfigError::Invalid {
+                name: "INGEST_RATE_BURST",
+                reason: "is set but INGEST_RATE_LIMIT is 0 (off); set INGEST_RATE_LIMIT too".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The time window of `INGEST_MAX_FUTURE` / `INGEST_MAX_PAST` (0 = unbounded).
     pub fn time_window(&self) -> crate::event::TimeWindow {
         let bound = |d: Duration| {

@@ -28,6 +28,7 @@ impl Settings {
         self.validate_secrets()?;
         self.validate_tls()?;
         self.validate_http()?;
+        self.http.validate_auth()?;
         self.validate_worker()?;
         self.validate_queue()?;
         positive_duration("DB_TIMEOUT", self.db.db_timeout)?;
@@ -296,6 +297,34 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn ingest_auth_must_agree_with_the_shared_token_and_the_burst_with_the_rate() {
+        use crate::config::IngestAuth;
+        assert_eq!(refused(&["--ingest-auth", "shared"]).0, "INGEST_AUTH");
+        for mode in ["token", "none"] {
+            let (name, msg) = refused(&["--ingest-auth", mode, "--ingest-auth-token", "hunter2"]);
+            assert_eq!(name, "INGEST_AUTH_TOKEN");
+            assert!(!msg.contains("hunter2"), "{msg}");
+        }
+        assert_eq!(
+            refused(&["--ingest-rate-burst", "5"]).0,
+            "INGEST_RATE_BURST"
+        );
+        assert_eq!(
+            refused(&["--ingest-rate-limit", "5", "--ingest-rate-burst", "0"]).0,
+            "INGEST_RATE_BURST"
+        );
+        // INGEST_AUTH unset: `shared` when the token is set, else nothing configured.
+        assert_eq!(settings(&[]).http.auth_mode(), None);
+        let s = settings(&["--ingest-auth-token", "hunter2"]);
+        assert!(s.validate().is_ok());
+        assert_eq!(s.http.auth_mode(), Some(IngestAuth::Shared));
+        let s = settings(&["--ingest-auth", "token", "--ingest-rate-limit", "10"]);
+        assert!(s.validate().is_ok());
+        assert_eq!(s.http.auth_mode(), Some(IngestAuth::Token));
+        assert_eq!(s.http.service_host, "127.0.0.1", "loopback by default");
     }
 
     #[test]

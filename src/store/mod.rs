@@ -12,6 +12,7 @@
 pub mod postgres;
 pub mod sqlite;
 pub mod text;
+pub mod tokens;
 
 use std::fmt;
 use std::future::Future;
@@ -25,6 +26,7 @@ use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use tokens::{NewToken, Revoke, TokenGrant, TokenInfo};
 
 /// What a store failure says about whose fault it is: the one classification the worker
 /// relies on.
@@ -222,4 +224,23 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Number of rows in `ingest_events` (tests, loadgen, status).
     fn count_rows(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Stores a device token's hash. `Invalid` naming the device when it is not in the
+    /// registry.
+    fn create_token(
+        &self,
+        token: &NewToken,
+    ) -> impl Future<Output = Result<TokenInfo, StoreError>> + Send;
+
+    /// Tokens (never their hashes), for one device or all, oldest first.
+    fn list_tokens(
+        &self,
+        device: Option<Uuid>,
+    ) -> impl Future<Output = Result<Vec<TokenInfo>, StoreError>> + Send;
+
+    /// Deletes tokens; returns how many were deleted.
+    fn revoke_tokens(&self, which: Revoke) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every token's hash, device and expiry, for the collector's cache.
+    fn load_tokens(&self) -> impl Future<Output = Result<Vec<TokenGrant>, StoreError>> + Send;
 }

@@ -1,6 +1,7 @@
 //! The single integration-test binary: every integration test lives in a module below, so
 //! the crate is linked once. Run with `cargo nextest run` (one process per test).
 
+mod auth;
 mod cluster;
 mod drills;
 mod embedded;

@@ -80,6 +80,11 @@ pub struct LoadgenArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// For a service with INGEST_AUTH=token: create a token per device for the run, send
+    /// each device's events with its own, revoke them after (single-event POSTs, or
+    /// batches with --devices 1: a token writes for one device only).
+    #[arg(long)]
+    mint_tokens: bool,
 }
 
 /// One device and the parameters its events carry.
@@ -92,6 +97,8 @@ struct Target {
     params: Vec<(String, Option<String>)>,
     /// Metrics per event for this device: min(--metrics, params).
     per_event: usize,
+    /// The device's own bearer token (`--mint-tokens`).
+    token: Option<String>,
 }
 
 /// What every sender task shares.
@@ -246,6 +253,7 @@ fn pick_targets(doc: &RegistryDoc, want: usize, metrics: usize) -> Vec<Target> {
             project: site.project_id,
             params: params.clone(),
             per_event: metrics.clamp(1, params.len()),
+            token: None,
         });
         if out.len() >= want {
             break;
@@ -260,6 +268,7 @@ mod prepare;
 mod report;
 mod scrape;
 mod send;
+mod tokens;
 mod verify;
 
 use report::*;
@@ -290,6 +299,9 @@ pub async fn run(s: &Settings, args: LoadgenArgs) -> anyhow::Result<ExitCode> {
                 .context("cannot count the rows of ingest_events after the run")?,
         ),
     };
+    if let Some(ids) = &run.minted {
+        tokens::revoke(s, ids.clone()).await?;
+    }
     let verdict = verify::verify(&run, rows_after, drained.as_ref());
     let report = report::build(
         &run,

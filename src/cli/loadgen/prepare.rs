@@ -17,6 +17,8 @@ pub(super) struct Prepared {
     pub(super) rows_before: u64,
     pub(super) scrape_before: Option<Scrape>,
     pub(super) cpu_at_start: Option<f64>,
+    /// Ids of the tokens `--mint-tokens` created (revoked after the run).
+    pub(super) minted: Option<Vec<Uuid>>,
 }
 
 /// Step 1 of `run`.
@@ -44,13 +46,21 @@ pub(super) async fn prepare(s: &Settings, args: LoadgenArgs) -> anyhow::Result<P
         "cannot read the registry (loadgen needs the service's store settings: the same \
          DATA_DIR, or DATABASE_URL and NATS_URL)",
     )?;
-    let targets = pick_targets(&doc, args.devices.max(1), args.metrics);
+    let mut targets = pick_targets(&doc, args.devices.max(1), args.metrics);
     if targets.is_empty() {
         bail!(
             "no active device whose project has parameter templates in the registry \
              (load one with `nsready registry demo` or `registry import`)"
         );
     }
+    if args.mint_tokens && args.batch > 0 && targets.len() > 1 {
+        bail!("--mint-tokens with --batch needs --devices 1 (a token writes for one device)");
+    }
+    let minted = if args.mint_tokens {
+        Some(super::tokens::mint(s, &mut targets).await?)
+    } else {
+        None
+    };
     let rows_before = with_store(s, CountRows)
         .await
         .context("cannot count the rows of ingest_events")?;
@@ -65,6 +75,9 @@ pub(super) async fn prepare(s: &Settings, args: LoadgenArgs) -> anyhow::Result<P
         .build()?;
     if let Err(e) = probe.get(format!("{base}/v1/health")).send().await {
         bail!("nsready at {base} does not answer: {e}");
+    }
+    if minted.is_some() {
+        super::tokens::wait_seen(&probe, &format!("{base}/v1/ingest"), &targets).await?;
     }
     let scrape_before = scrape(&probe, &metrics_urls).await;
     let cpu_at_start = cpu_seconds();
@@ -93,5 +106,6 @@ pub(super) async fn prepare(s: &Settings, args: LoadgenArgs) -> anyhow::Result<P
         rows_before,
         scrape_before,
         cpu_at_start,
+        minted,
     })
 }

@@ -69,6 +69,7 @@ pub(super) fn build(
         "metrics_per_event": shared.targets.iter().map(|t| t.per_event).max().unwrap_or(0),
         "rate_target": args.rate,
         "concurrency": args.concurrency,
+        "auth": if args.mint_tokens { "device tokens" } else if run.endpoint.auth.is_some() { "shared token" } else { "none" },
         "duration_s": args.duration.as_secs_f64(),
         "requests": get(&shared.requests),
         "sent_events": get(&shared.sent_events),

@@ -63,7 +63,8 @@ pub(super) async fn send_one(
         .post(&ep.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body);
-    if let Some(token) = &ep.auth {
+    // The device's own token (--mint-tokens; a batch then has one device), else the shared.
+    if let Some(token) = shared.target(first).token.as_ref().or(ep.auth.as_ref()) {
         req = req.bearer_auth(token);
     }
     let resp = match req.send().await {

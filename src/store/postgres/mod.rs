@@ -12,6 +12,7 @@ mod error;
 mod migrate;
 mod registry;
 mod tls;
+mod tokens;
 
 use std::fmt;
 use std::time::Duration;
@@ -25,7 +26,10 @@ use self::error::{classify, classify_pool};
 use self::tls::PgTlsConnector;
 use crate::config::PgConnect;
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
-use crate::store::{ErrorLogEntry, LatestValue, Refusal, Row, Store, StoreError};
+use crate::store::{
+    ErrorLogEntry, LatestValue, NewToken, Refusal, Revoke, Row, Store, StoreError, TokenGrant,
+    TokenInfo,
+};
 
 /// One statement for a whole batch: the columns travel as eight arrays and UNNEST zips them
 /// back into rows. A conflicting key takes the new values (last write wins) but keeps
@@ -359,5 +363,29 @@ impl Store for PostgresStore {
         })
         .await;
         self.settle(client, outcome, "count_rows").await
+    }
+
+    async fn create_token(&self, token: &NewToken) -> Result<TokenInfo, StoreError> {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.timeout, tokens::create(&client, token)).await;
+        self.settle(client, outcome, "create_token").await
+    }
+
+    async fn list_tokens(&self, device: Option<Uuid>) -> Result<Vec<TokenInfo>, StoreError> {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.timeout, tokens::list(&client, device)).await;
+        self.settle(client, outcome, "list_tokens").await
+    }
+
+    async fn revoke_tokens(&self, which: Revoke) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.timeout, tokens::revoke(&client, which)).await;
+        self.settle(client, outcome, "revoke_tokens").await
+    }
+
+    async fn load_tokens(&self) -> Result<Vec<TokenGrant>, StoreError> {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.timeout, tokens::load(&client)).await;
+        self.settle(client, outcome, "load_tokens").await
     }
 }

@@ -11,6 +11,7 @@
 mod registry;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
 use uuid::Uuid;
 
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
-use crate::store::{ErrorLogEntry, LatestValue, Refusal, Row, Store, StoreError};
+use crate::store::{
+    ErrorLogEntry, LatestValue, NewToken, Refusal, Revoke, Row, Store, StoreError, TokenGrant,
+    TokenInfo,
+};
 
 /// The migrations, in order; entry `i` brings the file to `PRAGMA user_version = i + 1`.
 const MIGRATIONS: &[(&str, &str)] = &[(
@@ -454,5 +458,26 @@ impl Store for SqliteStore {
                 .map_err(classify)
         })
         .await
+    }
+
+    async fn create_token(&self, token: &NewToken) -> Result<TokenInfo, StoreError> {
+        let token = token.clone();
+        self.blocking(move |inner| tokens::create(&lock(&inner.writer), &token))
+            .await
+    }
+
+    async fn list_tokens(&self, device: Option<Uuid>) -> Result<Vec<TokenInfo>, StoreError> {
+        self.blocking(move |inner| tokens::list(&lock(&inner.reader), device))
+            .await
+    }
+
+    async fn revoke_tokens(&self, which: Revoke) -> Result<u64, StoreError> {
+        self.blocking(move |inner| tokens::revoke(&lock(&inner.writer), which))
+            .await
+    }
+
+    async fn load_tokens(&self) -> Result<Vec<TokenGrant>, StoreError> {
+        self.blocking(|inner| tokens::load(&lock(&inner.reader)))
+            .await
     }
 }
