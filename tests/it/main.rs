@@ -3,6 +3,7 @@
 
 mod cluster;
 mod drills;
+mod edge;
 mod embedded;
 #[cfg(feature = "test-failpoints")]
 mod failpoints;
