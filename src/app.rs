@@ -22,6 +22,7 @@ use crate::queue::embedded::EmbeddedQueueOptions;
 use crate::queue::jetstream::{self, JetStreamOptions};
 use crate::queue::{EmbeddedQueue, JetStreamQueue, Queue, QueueError};
 use crate::shutdown::Shutdown;
+use crate::store::sqlite::retention;
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::worker::WorkerPool;
 
@@ -268,7 +269,10 @@ async fn open<T: DeploymentTask>(
             let store = SqliteStore::open(&data_dir.join(STORE_FILE))?;
             store.migrate().await?;
             let queue = EmbeddedQueue::open(&queue_file, embedded_queue_options(settings))?;
-            let out = task.run(queue, store).await?;
+            let out = task.run(queue, store.clone()).await?;
+            if let Purpose::Service(_) = purpose {
+                spawn_retention(settings, store, shutdown);
+            }
             Ok((out, Some(lock)))
         }
         Deployment::ScaleOut { nats_url, pg } => {
@@ -304,6 +308,19 @@ async fn open<T: DeploymentTask>(
             }
             Ok((task.run(queue, store).await?, None))
         }
+    }
+}
+
+/// Starts the embedded retention loop when `EMBEDDED_RETENTION` is set (non-zero).
+fn spawn_retention(settings: &Settings, store: SqliteStore, shutdown: &Shutdown) {
+    let e = &settings.embedded;
+    if let Some(keep) = e.embedded_retention.filter(|d| !d.is_zero()) {
+        let policy = retention::RetentionPolicy {
+            keep,
+            interval: e.embedded_retention_interval,
+            batch_rows: retention::BATCH_ROWS,
+        };
+        shutdown.spawn(retention::run(store, policy, shutdown.token()));
     }
 }
 

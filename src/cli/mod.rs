@@ -5,6 +5,7 @@
 
 mod dlq;
 mod loadgen;
+mod notify;
 mod registry;
 mod serve;
 mod status;

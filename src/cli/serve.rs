@@ -7,8 +7,11 @@ use nsready::app::{App, Role};
 use nsready::config::{IngestAuth, Settings};
 use nsready::shutdown::{self, Shutdown};
 
-/// Runs a role until SIGINT/SIGTERM.
+/// Runs a role until SIGINT/SIGTERM (SIGHUP is logged and ignored; `READY=1` goes to
+/// `NOTIFY_SOCKET` once serving).
 pub async fn run(settings: &Settings, role: Role, demo: bool) -> anyhow::Result<ExitCode> {
+    // Before anything slow: a SIGHUP during start-up must not kill the process either.
+    let hup = super::notify::hangup_handler();
     // The printed curl carries what the configured authentication needs.
     let mut auth_header = None;
     if demo {
@@ -33,6 +36,12 @@ pub async fn run(settings: &Settings, role: Role, demo: bool) -> anyhow::Result<
     if demo {
         print_demo_curl(app.port(), auth_header.as_deref().unwrap_or_default());
     }
+    let notify_socket = settings.embedded.notify_socket.clone();
+    // The listener is bound and the workers run: tell systemd (Type=notify).
+    super::notify::notify(notify_socket.as_deref(), "READY=1");
+    if let Some(hup) = hup {
+        sd.spawn(super::notify::ignore_hangups(hup, sd.clone()));
+    }
     let trigger = sd.clone();
     // Tracked like every task; it ends at the signal, or when the service stops for
     // another reason (so the drain never waits for a signal that will not come).
@@ -40,6 +49,7 @@ pub async fn run(settings: &Settings, role: Role, demo: bool) -> anyhow::Result<
         tokio::select! {
             () = shutdown::signal() => {
                 tracing::info!("signal received; shutting down");
+                super::notify::notify(notify_socket.as_deref(), "STOPPING=1");
                 trigger.trigger();
             }
             () = trigger.wait() => {}

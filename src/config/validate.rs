@@ -162,6 +162,7 @@ impl Settings {
             }
         }
         positive("EMBEDDED_QUEUE_MAX_MSGS", e.embedded_queue_max_msgs)?;
+        positive_duration("EMBEDDED_RETENTION_INTERVAL", e.embedded_retention_interval)?;
         for (name, bytes) in [
             (
                 "STREAM_MAX_BYTES",

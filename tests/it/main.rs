@@ -4,6 +4,7 @@
 mod auth;
 mod cluster;
 mod drills;
+mod edge;
 mod embedded;
 #[cfg(feature = "test-failpoints")]
 mod failpoints;

@@ -9,6 +9,7 @@
 //! business, it only classifies them ([`classify`]).
 
 mod registry;
+pub mod retention;
 #[cfg(test)]
 mod tests;
 mod tokens;
