@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::Collector;
 use super::error::Reply;
-use crate::metrics::QueueGauges;
+use crate::metrics::{Component, QueueGauges};
 use crate::queue::{Queue, QueueStats};
 use crate::store::Store;
 
@@ -88,8 +88,11 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
                 ack_pending: s.ack_pending,
                 redelivered: s.redelivered,
                 dlq_depth: s.dlq_depth,
+                oldest_age_ms: s.oldest_age_ms,
             });
         }
+        self.metrics.up(Component::Queue, stats.is_some());
+        self.metrics.up(Component::Store, db_ok);
         self.metrics.stalled(stalled);
         let r = Reading {
             stats,
