@@ -247,6 +247,7 @@ struct Inner {
     up: Family<ComponentLabel, Gauge>,
     http: Family<HttpLabel, Counter>,
     oldest_age: Gauge<f64, AtomicU64>,
+    dlq_by_reason: Family<ErrorLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -361,6 +362,12 @@ impl Metrics {
             "Age of the oldest message not yet committed (0 when the queue is empty)",
             oldest_age.clone(),
         );
+        let dlq_by_reason = Family::<ErrorLabel, Gauge>::default();
+        registry.register(
+            "ingest_dlq_depth_by_reason",
+            "Dead letters by error type, as last counted for /v1/health (global)",
+            dlq_by_reason.clone(),
+        );
         registry.register(
             "nsready_build",
             "Version and git commit of the running binary",
@@ -375,6 +382,7 @@ impl Metrics {
                 up,
                 http,
                 oldest_age,
+                dlq_by_reason,
                 registry,
                 events,
                 errors,
@@ -434,6 +442,18 @@ impl Metrics {
         i.consumer_redelivered.set(g(s.redelivered));
         i.dlq_depth.set(g(s.dlq_depth));
         i.oldest_age.set(s.oldest_age_ms as f64 / 1000.0);
+    }
+
+    /// The DLQ counted by error type (labels outside the platform's set count as `other`).
+    pub fn dlq_by_reason<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
+        let family = &self.inner.dlq_by_reason;
+        family.clear();
+        for (label, n) in counts {
+            let error_type = ErrorType::from_label(label).map_or("other", ErrorType::as_str);
+            family
+                .get_or_create(&ErrorLabel { error_type })
+                .inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Whether this process reached a component at its last reading.

@@ -122,6 +122,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
     pub async fn dlq_by_reason(&self, depth: u64) -> DlqByReason {
         let mut cache = self.dlq_cache.lock().await;
         if depth == 0 {
+            self.metrics.dlq_by_reason([]);
             *cache = DlqByReason {
                 complete: true,
                 ..DlqByReason::default()
@@ -137,6 +138,8 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
         }
         match tokio::time::timeout(PROBE_TIMEOUT, self.queue.dlq_counts(DLQ_BY_REASON_SCAN)).await {
             Ok(Ok(counted)) => {
+                self.metrics
+                    .dlq_by_reason(counted.counts.iter().map(|(k, v)| (k.as_str(), *v)));
                 *cache = DlqByReason {
                     complete: counted.complete,
                     counts: counted.counts,

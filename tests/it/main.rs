@@ -13,6 +13,7 @@ mod hostile_input;
 mod hostile_memory;
 mod hostile_worker;
 mod loadgen;
+mod observability;
 mod operator;
 mod pipeline;
 mod privilege;
