@@ -17,6 +17,7 @@ mod observability;
 mod operator;
 mod pipeline;
 mod privilege;
+mod status_page;
 mod store_postgres;
 mod support;
 mod tenant;
