@@ -20,19 +20,15 @@ fn main() {
     println!("cargo:rustc-env=NSREADY_GIT_SHA={sha}");
     // Rebuild when HEAD moves (a commit, a checkout); paths only when they exist, since
     // cargo reruns the script on every build for a path that does not.
-    for rel in ["HEAD", "refs/heads"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", rel]) {
-            if Path::new(&p).exists() {
-                println!("cargo:rerun-if-changed={p}");
-            }
-        }
-    }
-    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(p) = git(&["rev-parse", "--git-path", &r]) {
-            if Path::new(&p).exists() {
-                println!("cargo:rerun-if-changed={p}");
-            }
-        }
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    let watched = ["HEAD", "packed-refs"]
+        .into_iter()
+        .map(String::from)
+        .chain(branch)
+        .filter_map(|rel| git(&["rev-parse", "--git-path", &rel]))
+        .filter(|p| Path::new(p).exists());
+    for p in watched {
+        println!("cargo:rerun-if-changed={p}");
     }
     println!("cargo:rerun-if-changed=build.rs");
 }
