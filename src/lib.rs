@@ -14,6 +14,7 @@
 //! - [`app`]: wires a role (serve, collector, worker) for a deployment and runs it.
 //! - [`shutdown`]: the shutdown handle passed to every long-running task.
 //! - [`telemetry`]: logging setup.
+//! - [`procstat`]: this process's CPU, memory and descriptors from `/proc`, for metrics.
 //! - [`private_fs`]: embedded mode's `DATA_DIR` 0700 and files 0600.
 
 // No unwrap() on anything input or the network can break: tests may, the service may not.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod event;
 pub mod metrics;
 pub mod private_fs;
+pub mod procstat;
 pub mod queue;
 pub mod registry;
 pub mod shutdown;

@@ -4,16 +4,28 @@
 //! collector and the worker update them per request and per batch (never per metric), and
 //! `GET /metrics` renders them. Label values come from fixed sets, the enums
 //! [`EventStatus`] and [`ErrorType`] whose label strings are spelled here and nowhere
-//! else, never from device ids or error text.
+//! else, never from device ids or error text. HTTP responses are labelled by the matched
+//! route template ([`Route`]), never by the raw path, so hostile paths add no series.
+//! Process metrics (CPU, memory, descriptors) are read from `/proc` at each scrape
+//! ([`crate::procstat`]).
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+mod labels;
+use labels::status_labels;
+pub use labels::{Component, ComponentLabel, HttpLabel, Route};
 
 /// What became of events (`ingest_events_total{status}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,6 +151,77 @@ pub struct ErrorLabel {
     pub error_type: &'static str,
 }
 
+/// The `error_type` of `ingest_errors_total` for a store failure proven to be the
+/// infrastructure's (connection lost, pool timeout, ping failing): counted once per failed
+/// write or registry load, never per event, and never a dead letter's type.
+const DATABASE_ERROR: &str = "database";
+
+/// Labels of `nsready_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+    git_sha: &'static str,
+}
+
+/// The git commit the binary was built from (build.rs), "unknown" outside git.
+pub const GIT_SHA: &str = match option_env!("NSREADY_GIT_SHA") {
+    Some(sha) => sha,
+    None => "unknown",
+};
+
+/// Process metrics, read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = crate::procstat::read();
+        if let Some(v) = p.cpu_seconds {
+            let m = enc.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time of this process, in seconds",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(v).encode(m)?;
+        }
+        let gauges: [(&str, &str, Option<f64>); 5] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of this process, in bytes",
+                p.resident_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory of this process, in bytes",
+                p.virtual_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors of this process",
+                p.open_fds.map(|v| v as f64),
+            ),
+            (
+                "process_max_fds",
+                "Soft limit on open file descriptors",
+                p.max_fds.map(|v| v as f64),
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of this process, seconds since the Unix epoch",
+                p.start_time_seconds,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(v).encode(m)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Names of the metrics as scraped (counters with prometheus' `_total` suffix), for the
 /// readers of `/metrics` (loadgen's scraper): they spell no metric name of their own.
 pub mod names {
@@ -168,6 +251,8 @@ pub struct QueueGauges {
     pub ack_pending: u64,
     pub redelivered: u64,
     pub dlq_depth: u64,
+    /// Age of the oldest message not yet committed, in milliseconds.
+    pub oldest_age_ms: u64,
 }
 
 /// Every metric of the service. Cheap to clone.
@@ -193,6 +278,10 @@ struct Inner {
     rows: Counter,
     redeliveries: Counter,
     stalled: Gauge,
+    up: Family<ComponentLabel, Gauge>,
+    http: Family<HttpLabel, Counter>,
+    oldest_age: Gauge<f64, AtomicU64>,
+    dlq_by_reason: Family<ErrorLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -296,8 +385,45 @@ impl Metrics {
             "1 when the queue is not empty and nothing was committed for STALL_AFTER",
             stalled.clone(),
         );
+        let up = Family::<ComponentLabel, Gauge>::default();
+        registry.register(
+            "nsready_up",
+            "1 when this process reached the component at its last health reading, else 0",
+            up.clone(),
+        );
+        let http = Family::<HttpLabel, Counter>::default();
+        registry.register(
+            "nsready_http_responses",
+            "HTTP responses by matched route template and status class (429 and 503 by code)",
+            http.clone(),
+        );
+        let oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "ingest_queue_oldest_age_seconds",
+            "Age of the oldest message not yet committed (0 when the queue is empty)",
+            oldest_age.clone(),
+        );
+        let dlq_by_reason = Family::<ErrorLabel, Gauge>::default();
+        registry.register(
+            "ingest_dlq_depth_by_reason",
+            "Dead letters by error type, as last counted for /v1/health (global)",
+            dlq_by_reason.clone(),
+        );
+        registry.register(
+            "nsready_build",
+            "Version and git commit of the running binary",
+            Info::new(BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+                git_sha: GIT_SHA,
+            }),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             inner: Arc::new(Inner {
+                up,
+                http,
+                oldest_age,
+                dlq_by_reason,
                 registry,
                 events,
                 errors,
@@ -326,6 +452,16 @@ impl Metrics {
                 status: status.as_str(),
             })
             .inc_by(n);
+    }
+
+    /// Events this process counted so far with `status` (the status page's rates).
+    pub fn event_total(&self, status: EventStatus) -> u64 {
+        self.inner
+            .events
+            .get_or_create(&StatusLabel {
+                status: status.as_str(),
+            })
+            .get()
     }
 
     /// Counts errors by type.
@@ -357,6 +493,53 @@ impl Metrics {
         i.consumer_ack_pending.set(g(s.ack_pending));
         i.consumer_redelivered.set(g(s.redelivered));
         i.dlq_depth.set(g(s.dlq_depth));
+        i.oldest_age.set(s.oldest_age_ms as f64 / 1000.0);
+    }
+
+    /// The DLQ counted by error type (labels outside the platform's set count as `other`).
+    pub fn dlq_by_reason<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
+        let family = &self.inner.dlq_by_reason;
+        family.clear();
+        for (label, n) in counts {
+            let error_type = ErrorType::from_label(label).map_or("other", ErrorType::as_str);
+            family
+                .get_or_create(&ErrorLabel { error_type })
+                .inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Whether this process reached a component at its last reading.
+    pub fn up(&self, component: Component, up: bool) {
+        self.inner
+            .up
+            .get_or_create(&ComponentLabel {
+                component: component.as_str(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts one HTTP response.
+    pub fn http_response(&self, route: Route, status: u16) {
+        let (status_class, code) = status_labels(status);
+        self.inner
+            .http
+            .get_or_create(&HttpLabel {
+                route: route.as_str(),
+                status_class,
+                code,
+            })
+            .inc();
+    }
+
+    /// Counts a store failure proven to be the infrastructure's
+    /// (`ingest_errors_total{error_type="database"}`).
+    pub fn database_error(&self) {
+        self.inner
+            .errors
+            .get_or_create(&ErrorLabel {
+                error_type: DATABASE_ERROR,
+            })
+            .inc();
     }
 
     /// Publish → commit latency of one event.
@@ -400,6 +583,31 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_labels_are_bounded_and_render() {
+        let m = Metrics::new();
+        for code in [200, 400, 404, 429, 503, 500, 0, 999] {
+            m.http_response(Route::from_template(None), code);
+        }
+        m.http_response(Route::from_template(Some("/v1/ingest")), 503);
+        m.up(Component::Store, false);
+        m.database_error();
+        let text = m.render();
+        for want in [
+            r#"nsready_http_responses_total{route="unmatched",status_class="5xx",code="503"} 1"#,
+            r#"nsready_http_responses_total{route="unmatched",status_class="4xx",code="429"} 1"#,
+            r#"nsready_http_responses_total{route="unmatched",status_class="5xx",code="other"} 3"#,
+            r#"nsready_http_responses_total{route="/v1/ingest",status_class="5xx",code="503"} 1"#,
+            r#"nsready_up{component="store"} 0"#,
+            r#"ingest_errors_total{error_type="database"} 1"#,
+            "nsready_build_info{version=",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+    }
 
     #[test]
     fn labels_keep_the_platform_strings_and_round_trip() {

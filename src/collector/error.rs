@@ -232,7 +232,20 @@ pub enum Reply {
     Ready(Result<(), &'static str>),
     /// `/metrics` in the OpenMetrics text format.
     Metrics(String),
+    /// A file of the status page, embedded in the binary: 200 with its content type and a
+    /// strict Content-Security-Policy (same-origin scripts, styles and fetches only).
+    Page {
+        content_type: &'static str,
+        body: &'static str,
+    },
+    /// `/v1/status`, the status page's JSON: always 200.
+    Status(serde_json::Value),
 }
+
+/// The status page's policy: its own script, style and JSON, nothing inline, no frames.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
@@ -277,6 +290,24 @@ impl IntoResponse for Reply {
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
                 text,
+            )
+                .into_response(),
+            Reply::Page { content_type, body } => (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                    (header::REFERRER_POLICY, "no-referrer"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                body,
+            )
+                .into_response(),
+            Reply::Status(body) => (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(body),
             )
                 .into_response(),
         }

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::Collector;
 use super::error::Reply;
-use crate::metrics::QueueGauges;
+use crate::metrics::{Component, QueueGauges};
 use crate::queue::{Queue, QueueStats};
 use crate::store::Store;
 
@@ -88,8 +88,11 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
                 ack_pending: s.ack_pending,
                 redelivered: s.redelivered,
                 dlq_depth: s.dlq_depth,
+                oldest_age_ms: s.oldest_age_ms,
             });
         }
+        self.metrics.up(Component::Queue, stats.is_some());
+        self.metrics.up(Component::Store, db_ok);
         self.metrics.stalled(stalled);
         let r = Reading {
             stats,
@@ -119,6 +122,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
     pub async fn dlq_by_reason(&self, depth: u64) -> DlqByReason {
         let mut cache = self.dlq_cache.lock().await;
         if depth == 0 {
+            self.metrics.dlq_by_reason([]);
             *cache = DlqByReason {
                 complete: true,
                 ..DlqByReason::default()
@@ -134,6 +138,8 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
         }
         match tokio::time::timeout(PROBE_TIMEOUT, self.queue.dlq_counts(DLQ_BY_REASON_SCAN)).await {
             Ok(Ok(counted)) => {
+                self.metrics
+                    .dlq_by_reason(counted.counts.iter().map(|(k, v)| (k.as_str(), *v)));
                 *cache = DlqByReason {
                     complete: counted.complete,
                     counts: counted.counts,

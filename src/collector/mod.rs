@@ -7,13 +7,16 @@
 //! and `Retry-After` instead of queueing in memory; probes and scrapes are not capped (health
 //! must answer while ingest is saturated). The server around the router (accept loop,
 //! connection cap, header and idle timeouts, shutdown) is [`serve`]; bodies are read by
-//! [`body`].
+//! [`body`]. Every role also serves the status page ([`page`], `GET /`), and every response
+//! is counted by route and status class ([`observe`]).
 
 pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod observe;
+pub mod page;
 pub mod rate;
 pub mod serve;
 pub mod tls;
@@ -83,6 +86,8 @@ pub struct Collector<Q, S> {
     pub(crate) health_cache: tokio::sync::Mutex<Option<health::Reading>>,
     /// Last DLQ count by reason (see `health::DLQ_BY_REASON_MAX_AGE`).
     pub(crate) dlq_cache: tokio::sync::Mutex<health::DlqByReason>,
+    /// Last list of the newest dead letters (the status page).
+    pub(crate) letters_cache: tokio::sync::Mutex<page::LettersCache>,
 }
 
 /// Settings of the HTTP side, besides queue and store.
@@ -135,6 +140,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             shutdown,
             health_cache: tokio::sync::Mutex::new(None),
             dlq_cache: tokio::sync::Mutex::new(health::DlqByReason::default()),
+            letters_cache: tokio::sync::Mutex::new(page::LettersCache::default()),
         })
     }
 
@@ -163,7 +169,11 @@ pub fn router<Q: Queue, S: Store>(app: Arc<Collector<Q, S>>, with_ingest: bool) 
     let mut r = Router::new()
         .route("/v1/health", get(health::health::<Q, S>))
         .route("/v1/ready", get(health::ready::<Q, S>))
-        .route("/metrics", get(health::metrics::<Q, S>));
+        .route("/metrics", get(health::metrics::<Q, S>))
+        .route("/", get(page::index))
+        .route("/status.js", get(page::script))
+        .route("/status.css", get(page::style))
+        .route("/v1/status", get(page::status::<Q, S>));
     if with_ingest {
         // One semaphore for both routes: the cap is on requests, whichever route they take.
         let permits = Arc::new(tokio::sync::Semaphore::new(
@@ -179,7 +189,13 @@ pub fn router<Q: Queue, S: Store>(app: Arc<Collector<Q, S>>, with_ingest: bool) 
             .route_layer(cap);
         r = r.merge(ingest);
     }
+    // Outermost: every response is counted, the in-flight cap's 503s and 404s included.
+    let metrics = app.metrics.clone();
     r.with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            observe::count_responses,
+        ))
 }
 
 /// The answer when the in-flight cap sheds a request (the only error of the cap's layers).

@@ -131,6 +131,12 @@ pub struct QueueStats {
     pub waiting_pulls: u64,
     /// Messages in the dead letter queue.
     pub dlq_depth: u64,
+    /// Age in milliseconds of the oldest message not yet committed (0 when the queue is
+    /// empty): how late the data in the table is at worst.
+    pub oldest_age_ms: u64,
+    /// Highest sequence the DLQ has given out (0 before the first dead letter): where the
+    /// status page's list of the newest dead letters starts.
+    pub dlq_last_seq: u64,
 }
 
 impl QueueStats {

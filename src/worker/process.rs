@@ -109,6 +109,7 @@ async fn check_registry<Q: Queue, S: Store>(
         }
         Err(e) => {
             tracing::warn!(error = %e, "registry could not be loaded; pausing");
+            ctx.metrics.database_error();
             let outcome = after_registry_failure(&e);
             for item in items.iter_mut().filter(|i| i.outcome.is_none()) {
                 item.outcome = Some(outcome.clone());

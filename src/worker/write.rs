@@ -71,6 +71,7 @@ pub(super) async fn write_rows<Q: Queue, S: Store>(
         match after_write_failure(&e, store_answers, group.len()) {
             WriteStep::Pause => {
                 tracing::warn!(error = %e, messages = group.len(), "store unavailable; NAK and pause");
+                ctx.metrics.database_error();
                 mark_infrastructure(items);
                 return true;
             }

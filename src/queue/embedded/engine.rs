@@ -427,17 +427,25 @@ impl Engine {
                  WHERE delivered > 0 AND visible_at > ?1",
             )?
             .query_row([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let dlq_depth: i64 = self
+        let (dlq_depth, dlq_last_seq): (i64, i64) = self
             .conn
-            .prepare_cached("SELECT count(*) FROM dlq")?
-            .query_row([], |r| r.get(0))?;
+            .prepare_cached("SELECT count(*), coalesce(max(seq), 0) FROM dlq")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // The oldest message is the lowest sequence (the primary key): one index step.
+        let oldest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT published_at FROM messages ORDER BY seq LIMIT 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
         let ack_pending = from_i64(ack_pending);
         Ok(QueueStats {
+            oldest_age_ms: oldest.map_or(0, |at| from_i64(now.saturating_sub(at))),
             pending: self.count.saturating_sub(ack_pending),
             ack_pending,
             redelivered: from_i64(redelivered),
             waiting_pulls: 0,
             dlq_depth: from_i64(dlq_depth),
+            dlq_last_seq: from_i64(dlq_last_seq),
         })
     }
 

@@ -418,12 +418,23 @@ impl Queue for JetStreamQueue {
             .get_stream(&self.opts.dlq_stream)
             .await
             .map_err(nats_err)?;
+        // Work-queue retention: a committed message is removed, so the stream's first
+        // message is the oldest one not yet committed.
+        let state = &stream.cached_info().state;
+        let oldest_age_ms = if state.messages == 0 {
+            0
+        } else {
+            let age = time::OffsetDateTime::now_utc() - state.first_timestamp;
+            u64::try_from(age.whole_milliseconds().max(0)).unwrap_or(u64::MAX)
+        };
         Ok(QueueStats {
+            oldest_age_ms,
             pending: info.num_pending,
             ack_pending: info.num_ack_pending as u64,
             redelivered: info.num_redelivered as u64,
             waiting_pulls: info.num_waiting as u64,
             dlq_depth: dlq.cached_info().state.messages,
+            dlq_last_seq: dlq.cached_info().state.last_sequence,
         })
     }
 
