@@ -16,6 +16,7 @@ mod http;
 mod nats;
 mod queue;
 mod secret;
+mod timescale;
 mod tools;
 mod validate;
 mod worker;
@@ -27,6 +28,7 @@ pub use http::HttpArgs;
 pub use nats::NatsArgs;
 pub use queue::QueueArgs;
 pub use secret::Secret;
+pub use timescale::{TimescaleArgs, TimescalePolicy, Toggle};
 pub use tools::{ServiceUrl, StatusThresholds};
 pub use worker::{ValidationMode, WorkerArgs};
 
@@ -86,6 +88,8 @@ pub struct Settings {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub timescale: TimescaleArgs,
     #[command(flatten)]
     pub embedded: EmbeddedArgs,
     #[command(flatten)]

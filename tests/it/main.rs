@@ -19,3 +19,4 @@ mod privilege;
 mod store_postgres;
 mod support;
 mod tenant;
+mod timescale;

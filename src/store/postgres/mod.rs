@@ -11,6 +11,9 @@
 mod error;
 mod migrate;
 mod registry;
+mod timescale;
+
+pub use timescale::TimescaleInfo;
 
 use std::fmt;
 use std::time::Duration;
@@ -21,9 +24,9 @@ use tokio_postgres::{IsolationLevel, NoTls};
 use uuid::Uuid;
 
 use self::error::{classify, classify_pool};
-use crate::config::PgConnect;
+use crate::config::{PgConnect, TimescalePolicy};
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
-use crate::store::{ErrorLogEntry, LatestValue, Refusal, Row, Store, StoreError};
+use crate::store::{ErrorLogEntry, LatestValue, Refusal, Row, Store, StoreError, StoreInfo};
 
 /// One statement for a whole batch: the columns travel as eight arrays and UNNEST zips them
 /// back into rows. A conflicting key takes the new values (last write wins) but keeps
@@ -63,6 +66,8 @@ pub struct PostgresStore {
     /// Longest wait for a connection (waiting for a free slot, connecting) and, separately,
     /// for one operation on it. Past it the database counts as unavailable.
     timeout: Duration,
+    /// The TimescaleDB settings `migrate` applies where the extension is installed.
+    timescale: TimescalePolicy,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -109,7 +114,18 @@ impl PostgresStore {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the connection pool: {e}")))?;
-        Ok(PostgresStore { pool, timeout })
+        Ok(PostgresStore {
+            pool,
+            timeout,
+            timescale: TimescalePolicy::default(),
+        })
+    }
+
+    /// The TimescaleDB settings `migrate` applies (the defaults otherwise).
+    #[must_use]
+    pub fn with_timescale(mut self, policy: TimescalePolicy) -> Self {
+        self.timescale = policy;
+        self
     }
 
     /// A pooled connection, within the pool's timeouts.
@@ -160,6 +176,7 @@ impl Store for PostgresStore {
         // migration, and converting a big table to a hypertable takes as long as it takes.
         let tx = client.transaction().await.map_err(|e| classify(&e))?;
         migrate::run(&tx).await?;
+        timescale::apply(&tx, &self.timescale).await?;
         tx.commit().await.map_err(|e| classify(&e))
     }
 
@@ -335,6 +352,20 @@ impl Store for PostgresStore {
         })
         .await;
         self.settle(client, outcome, "latest").await
+    }
+
+    async fn info(&self) -> Result<StoreInfo, StoreError> {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.timeout, timescale::info(&client)).await;
+        let timescale = self.settle(client, outcome, "info").await?;
+        Ok(StoreInfo {
+            backend: if timescale.is_some() {
+                "timescaledb"
+            } else {
+                "postgresql"
+            },
+            timescale,
+        })
     }
 
     async fn count_rows(&self) -> Result<u64, StoreError> {

@@ -89,9 +89,11 @@ mod nats;
 mod pg_install;
 mod postgres;
 mod process;
+mod timescale;
 
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 use pg_install::*;
 pub use postgres::Postgres;
 use process::*;
+pub use timescale::assert_timescale_installed;
