@@ -227,10 +227,14 @@ async fn plan(tx: &Transaction<'_>, p: &TimescalePolicy) -> Result<Vec<String>, 
         ));
         // start_offset NULL: late readings anywhere in history are folded in by the next
         // run (only invalidated buckets are recomputed).
+        // Oldest first: each batch the job commits moves the watermark forward, and reads
+        // aggregate everything past it, so the view is complete even while a long refresh
+        // (the first one after converting a big table) is under way.
         steps.push(format!(
             "SELECT add_continuous_aggregate_policy('{ROLLUP}', start_offset => NULL,
                     end_offset => INTERVAL '1 minute',
-                    schedule_interval => INTERVAL '5 minutes', if_not_exists => TRUE)"
+                    schedule_interval => INTERVAL '5 minutes', if_not_exists => TRUE,
+                    refresh_newest_first => FALSE)"
         ));
     }
     let view_reads_rollup = exists(
@@ -281,10 +285,11 @@ pub(super) async fn apply(tx: &Transaction<'_>, p: &TimescalePolicy) -> Result<(
             return Ok(());
         }
         // CREATE EXTENSION fails unless the library is preloaded; check instead of failing
-        // the whole migration.
+        // the whole migration. Not through `shared_preload_libraries`, which only superusers
+        // may read: a loaded library has registered its settings, which anyone may see.
         let preloaded = exists(
             tx,
-            "SELECT 1 WHERE current_setting('shared_preload_libraries') LIKE '%timescaledb%'",
+            "SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_background_workers'",
         )
         .await?;
         if !preloaded {
@@ -298,10 +303,16 @@ pub(super) async fn apply(tx: &Transaction<'_>, p: &TimescalePolicy) -> Result<(
             tracing::info!("TIMESCALE_CHUNK_INTERVAL=off: ingest_events stays a plain table");
             return Ok(());
         }
-        if !owner {
+        let superuser = exists(
+            tx,
+            "SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper",
+        )
+        .await?;
+        if !owner || !superuser {
             tracing::warn!(
-                "TimescaleDB is available but this role does not own ingest_events: run \
-                 `nsready migrate` as the owner to turn it into a hypertable"
+                "TimescaleDB is preloaded but not created in this database, and only a \
+                 superuser may create it: run `CREATE EXTENSION timescaledb` as one, then \
+                 `nsready migrate` as the owner of ingest_events to turn it into a hypertable"
             );
             return Ok(());
         }
