@@ -57,6 +57,11 @@ struct Args {
     /// Publish acks outstanding at most.
     #[arg(long, default_value_t = 4_096)]
     in_flight: usize,
+    /// A second migrated database with the demo registry where `ingest_events` is a
+    /// TimescaleDB hypertable: the same bulk upsert there, and the size before and after
+    /// compressing its chunks.
+    #[arg(long)]
+    timescale_url: Option<String>,
 }
 
 /// nsready's upsert statement (src/store/postgres/mod.rs), verbatim.
@@ -442,6 +447,50 @@ fn cpu_seconds() -> f64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// The bulk upsert into the hypertable (1 and 2 connections), then the rows once more and
+/// the table's size before and after `compress_chunk` on every chunk, per million rows.
+async fn timescale_baselines(url: &str, rows: usize, batch: usize) -> Result<Value> {
+    let pg = connect(url).await?;
+    let batches = Arc::new(build_rows(&pg, rows, batch).await?);
+    eprintln!("baseline: bulk upsert into the hypertable, 1 connection ...");
+    let up1 = upsert_baseline(url, &batches, 1).await?;
+    eprintln!("baseline: bulk upsert into the hypertable, 2 connections ...");
+    let up2 = upsert_baseline(url, &batches, 2).await?;
+    eprintln!("baseline: compressed size ...");
+    for b in batches.iter() {
+        pg.execute(
+            UPSERT_SQL,
+            &[
+                &b.time,
+                &b.device,
+                &b.key,
+                &b.value,
+                &b.quality,
+                &b.source,
+                &b.event_id,
+                &b.attributes,
+            ],
+        )
+        .await?;
+    }
+    let size = "SELECT hypertable_size('ingest_events')";
+    let before: i64 = pg.query_one(size, &[]).await?.try_get(0)?;
+    let started = Instant::now();
+    pg.batch_execute("SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('ingest_events') c")
+        .await?;
+    let compress_s = started.elapsed().as_secs_f64();
+    let after: i64 = pg.query_one(size, &[]).await?.try_get(0)?;
+    pg.batch_execute("TRUNCATE ingest_events").await?;
+    let per_million = |bytes: i64| (bytes as f64 * 1e6 / rows.max(1) as f64).round();
+    Ok(json!({
+        "upsert_rows_per_s_1conn": up1.round(),
+        "upsert_rows_per_s_2conn": up2.round(),
+        "bytes_per_million_rows_uncompressed": per_million(before),
+        "bytes_per_million_rows_compressed": per_million(after),
+        "compress_s": (compress_s * 100.0).round() / 100.0,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -482,6 +531,9 @@ async fn main() -> Result<()> {
             "upsert_platform_schema_rows_per_s_1conn": up1.round(),
             "upsert_platform_schema_rows_per_s_2conn": up2.round(),
         });
+    }
+    if let Some(url) = &args.timescale_url {
+        out["timescale"] = timescale_baselines(url, args.rows, args.batch_rows).await?;
     }
     if let Some(url) = &args.nats_url {
         eprintln!("baseline: JetStream, {} messages ...", args.messages);

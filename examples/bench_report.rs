@@ -392,6 +392,8 @@ fn main() -> Result<()> {
         backlog["queue_depth_after"],
     )?;
 
+    timescale_section(w, &base, d, drain_rows_per_s, up1, up2)?;
+
     writeln!(w, "## Ratios to the raw baselines\n")?;
     writeln!(
         w,
@@ -667,5 +669,82 @@ fn main() -> Result<()> {
         o.push('\n');
     }
     std::fs::write(&args.out, o)?;
+    Ok(())
+}
+
+/// `## TimescaleDB (same run)`: the hypertable's raw upsert, drain and compressed size next
+/// to the plain table's; nothing when the run had no TimescaleDB.
+fn timescale_section(
+    w: &mut String,
+    base: &Value,
+    d: &Path,
+    plain_drain_rows_per_s: Option<f64>,
+    up1: Option<f64>,
+    up2: Option<f64>,
+) -> Result<()> {
+    let ts = &base["timescale"];
+    if !ts.is_object() {
+        return Ok(());
+    }
+    let drain = read_json(d, "backlog-ts");
+    let ts_drain = match (drain["rows"].as_f64(), drain["drain_s"].as_f64()) {
+        (Some(r), Some(s)) if s > 0.0 => Some(r / s),
+        _ => None,
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.0} %", a / b * 100.0),
+        _ => "-".into(),
+    };
+    let f = |v: Option<f64>| v.map_or_else(|| "-".into(), group);
+    writeln!(w, "## TimescaleDB (same run)\n")?;
+    writeln!(
+        w,
+        "The same PostgreSQL server, with TimescaleDB preloaded for the whole run; the figures \
+         above use a database where `TIMESCALE_CHUNK_INTERVAL=off` keeps `ingest_events` a \
+         plain table, these a second one where it is a hypertable (default settings: 1-day \
+         chunks, compression segmented by `device_id`).\n"
+    )?;
+    writeln!(
+        w,
+        "| measure | plain table | hypertable | hypertable ÷ plain |\n|---|---|---|---|"
+    )?;
+    let ts1 = ts["upsert_rows_per_s_1conn"].as_f64();
+    let ts2 = ts["upsert_rows_per_s_2conn"].as_f64();
+    writeln!(
+        w,
+        "| raw bulk upsert, 1 connection, rows/s | {} | {} | {} |",
+        f(up1),
+        f(ts1),
+        ratio(ts1, up1)
+    )?;
+    writeln!(
+        w,
+        "| raw bulk upsert, 2 connections, rows/s | {} | {} | {} |",
+        f(up2),
+        f(ts2),
+        ratio(ts2, up2)
+    )?;
+    writeln!(
+        w,
+        "| backlog drain (one worker), rows/s | {} | {} ({} rows in {:.1} s, {}) | {} |",
+        f(plain_drain_rows_per_s),
+        f(ts_drain),
+        num(&drain["rows"]),
+        drain["drain_s"].as_f64().unwrap_or(0.0),
+        drain["status"].as_str().unwrap_or("?"),
+        ratio(ts_drain, plain_drain_rows_per_s)
+    )?;
+    let mib_per_m = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".into(), |b| format!("{:.1} MiB", b / 1_048_576.0))
+    };
+    writeln!(
+        w,
+        "| size per million rows (table + indexes) | - | {} uncompressed, **{} compressed** \
+         (`compress_chunk` on every chunk: {:.1} s) | - |\n",
+        mib_per_m(&ts["bytes_per_million_rows_uncompressed"]),
+        mib_per_m(&ts["bytes_per_million_rows_compressed"]),
+        ts["compress_s"].as_f64().unwrap_or(0.0)
+    )?;
     Ok(())
 }

@@ -302,7 +302,8 @@ async fn open<T: DeploymentTask>(
             let queue = JetStreamQueue::provision(client, opts)
                 .await?
                 .with_shutdown(shutdown);
-            let store = PostgresStore::connect(&pg, pool_size, settings.db.db_timeout)?;
+            let store = PostgresStore::connect(&pg, pool_size, settings.db.db_timeout)?
+                .with_timescale(settings.timescale.policy());
             if migrate {
                 migrate_with_retries(&store, settings).await?;
             }
@@ -500,7 +501,8 @@ pub async fn with_store<T: StoreTask>(settings: &Settings, task: T) -> Result<T:
             task.run(store).await
         }
         Deployment::ScaleOut { pg, .. } => {
-            let store = PostgresStore::connect(&pg, CLI_POOL_SIZE, settings.db.db_timeout)?;
+            let store = PostgresStore::connect(&pg, CLI_POOL_SIZE, settings.db.db_timeout)?
+                .with_timescale(settings.timescale.policy());
             task.run(store).await
         }
     }

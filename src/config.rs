@@ -17,6 +17,7 @@ mod nats;
 mod queue;
 mod secret;
 mod secret_files;
+mod timescale;
 mod tls;
 mod tools;
 mod validate;
@@ -30,6 +31,7 @@ pub use nats::NatsArgs;
 pub use queue::QueueArgs;
 pub use secret::Secret;
 pub use secret_files::{SECRET_FILES, read_secret};
+pub use timescale::{TimescaleArgs, TimescalePolicy, Toggle};
 pub use tls::PgTls;
 pub use tools::{ServiceUrl, StatusThresholds};
 pub use worker::{ValidationMode, WorkerArgs};
@@ -104,6 +106,8 @@ pub struct Settings {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub timescale: TimescaleArgs,
     #[command(flatten)]
     pub embedded: EmbeddedArgs,
     #[command(flatten)]

@@ -115,6 +115,25 @@ fn print_text(base: &str, health: &Value, verdict: &str, notes: &[String]) {
     }
     println!("{dlq}");
     println!("  database        {}", health["db"].as_str().unwrap_or("?"));
+    if let Some(backend) = health["store"]["backend"].as_str() {
+        println!("  store           {backend}");
+    }
+    let ts = &health["store"]["timescale"];
+    if ts.is_object() {
+        let or_off = |v: &Value| v.as_str().unwrap_or("off").to_string();
+        println!(
+            "  timescaledb     {} (hypertable {}, chunk {}, compress after {}, retention {}, \
+             rollup {}; chunks {}, compressed {})",
+            ts["version"].as_str().unwrap_or("?"),
+            ts["hypertable"],
+            or_off(&ts["chunk_interval"]),
+            or_off(&ts["compress_after"]),
+            or_off(&ts["retention"]),
+            or_off(&ts["rollup"]),
+            ts["chunks"],
+            ts["compressed_chunks"]
+        );
+    }
     println!("  workers         {}", health["workers"]);
     match health["throughput"]["committed_per_sec"].as_f64() {
         Some(rate) => println!(

@@ -178,6 +178,11 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
         Some(s) => Some(app.dlq_by_reason(s.dlq_depth).await),
         None => None,
     };
+    // What the store is (TimescaleDB and its policies); null when it cannot be read now.
+    let store = match tokio::time::timeout(PROBE_TIMEOUT, app.store.info()).await {
+        Ok(Ok(info)) => Some(info),
+        _ => None,
+    };
     let throughput = app.pool.as_ref().map(|p| {
         json!({
             "committed_per_sec": (p.committed_per_sec() * 100.0).round() / 100.0,
@@ -188,6 +193,7 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
         "service": if reasons.is_empty() { "ok" } else { "degraded" },
         "queue_depth": known(QueueStats::depth),
         "db": if r.db_ok { "connected" } else { "disconnected" },
+        "store": store,
         "queue": {
             "consumer": app.consumer_name,
             "pending": known(|s| s.pending),

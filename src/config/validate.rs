@@ -32,7 +32,44 @@ impl Settings {
         self.validate_worker()?;
         self.validate_queue()?;
         positive_duration("DB_TIMEOUT", self.db.db_timeout)?;
-        positive("DB_POOL_SIZE", self.db.db_pool_size as u64)
+        positive("DB_POOL_SIZE", self.db.db_pool_size as u64)?;
+        self.validate_timescale()
+    }
+
+    /// TimescaleDB: positive durations, and retention never silently drops what the
+    /// collector accepts: with TIMESCALE_RETENTION set, INGEST_MAX_PAST must be set and
+    /// shorter, so a reading the policy would drop is refused at the door (400).
+    fn validate_timescale(&self) -> Result<(), ConfigError> {
+        let p = self.timescale.policy();
+        for (name, d) in [
+            ("TIMESCALE_CHUNK_INTERVAL", p.chunk_interval),
+            ("TIMESCALE_COMPRESS_AFTER", p.compress_after),
+            ("TIMESCALE_RETENTION", p.retention),
+        ] {
+            if let Some(d) = d {
+                positive_duration(name, d)?;
+            }
+        }
+        if let Some(retention) = p.retention {
+            let past = self.http.ingest_max_past;
+            if past.is_zero() || past >= retention {
+                return Err(ConfigError::Invalid {
+                    name: "TIMESCALE_RETENTION",
+                    reason: format!(
+                        "{} s drops readings older than that, but INGEST_MAX_PAST ({}) lets the \
+                         collector accept them: set INGEST_MAX_PAST shorter than the retention \
+                         (leave room for a queue backlog), or TIMESCALE_RETENTION=off",
+                        retention.as_secs(),
+                        if past.is_zero() {
+                            "0 = no bound".to_string()
+                        } else {
+                            format!("{} s", past.as_secs())
+                        }
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn validate_secrets(&self) -> Result<(), ConfigError> {
@@ -409,5 +446,25 @@ mod tests {
         assert_eq!(name, "HTTP_MAX_CONNECTIONS");
         let (name, _) = refused(&["--worker-batch-size", &usize::MAX.to_string()]);
         assert_eq!(name, "WORKER_BATCH_SIZE");
+    }
+
+    #[test]
+    fn timescale_retention_needs_a_shorter_ingest_max_past() {
+        let (name, why) = refused(&["--timescale-retention", "30d"]);
+        assert_eq!(name, "TIMESCALE_RETENTION");
+        assert!(why.contains("INGEST_MAX_PAST"), "{why}");
+        let (name, _) = refused(&["--timescale-retention", "30d", "--ingest-max-past", "30d"]);
+        assert_eq!(name, "TIMESCALE_RETENTION");
+        let ok = ["--timescale-retention", "30d", "--ingest-max-past", "29d"];
+        assert!(settings(&ok).validate().is_ok());
+        let (name, _) = refused(&["--timescale-chunk-interval", "0"]);
+        assert_eq!(name, "TIMESCALE_CHUNK_INTERVAL");
+        let off = [
+            "--timescale-compress-after",
+            "off",
+            "--timescale-chunk-interval",
+            "off",
+        ];
+        assert!(settings(&off).validate().is_ok());
     }
 }

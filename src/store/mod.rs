@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
 
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, TimescaleInfo};
 pub use sqlite::SqliteStore;
 pub use tokens::{NewToken, Revoke, TokenGrant, TokenInfo};
 
@@ -172,6 +172,16 @@ pub struct LatestValue {
     pub quality: i16,
 }
 
+/// What a store is (`/v1/health`, `nsready status`): its backend and, on TimescaleDB, the
+/// hypertable's policies.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoreInfo {
+    /// `sqlite`, `postgresql` or `timescaledb`.
+    pub backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timescale: Option<TimescaleInfo>,
+}
+
 /// The time-series store. Implementations are cheap to clone.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Applies the embedded migrations that are not applied yet.
@@ -221,6 +231,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         device: Option<Uuid>,
     ) -> impl Future<Output = Result<Vec<LatestValue>, StoreError>> + Send;
+
+    /// The backend and its policies.
+    fn info(&self) -> impl Future<Output = Result<StoreInfo, StoreError>> + Send {
+        async {
+            Ok(StoreInfo {
+                backend: "sqlite",
+                timescale: None,
+            })
+        }
+    }
 
     /// Number of rows in `ingest_events` (tests, loadgen, status).
     fn count_rows(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;

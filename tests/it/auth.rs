@@ -307,7 +307,7 @@ async fn tokens_are_stored_only_as_hashes(kind: Kind) {
         assert_eq!(env.count(&sql), 1, "hash of a token stored");
         let body = &t[4..];
         match kind {
-            Kind::ScaleOut => {
+            Kind::ScaleOut | Kind::ScaleOutTimescale => {
                 let sql = format!(
                     "SELECT count(*) FROM tokens x WHERE row_to_json(x)::text LIKE '%{body}%'"
                 );

@@ -25,7 +25,7 @@ async fn redelivery_after_a_crash_between_commit_and_ack_adds_no_rows(kind: Kind
     env.import_demo().await;
     let port = free_port().to_string();
     let role = match kind {
-        Kind::ScaleOut => "worker",
+        Kind::ScaleOut | Kind::ScaleOutTimescale => "worker",
         Kind::Embedded => "serve",
     };
     let args = ["--service-port", port.as_str(), "--worker-ack-wait", "1"];
@@ -40,7 +40,7 @@ async fn redelivery_after_a_crash_between_commit_and_ack_adds_no_rows(kind: Kind
     let port: u16 = port.parse().expect("port");
     wait_ready(port).await;
     let collector = match kind {
-        Kind::ScaleOut => Some(env.start(Role::Collector, &[]).await),
+        Kind::ScaleOut | Kind::ScaleOutTimescale => Some(env.start(Role::Collector, &[]).await),
         Kind::Embedded => None,
     };
     let body = event(0, &[("voltage", 1.0), ("current", 2.0), ("power", 3.0)]).to_string();

@@ -25,7 +25,7 @@ const MAX_RETRIES: u64 = 3;
 /// Runs SQL on the env's store (psql, or a direct SQLite connection).
 fn store_sql(env: &TestEnv, pg_sql: &str, sqlite_sql: &str) {
     match env.kind {
-        Kind::ScaleOut => {
+        Kind::ScaleOut | Kind::ScaleOutTimescale => {
             env.pg.as_ref().expect("pg").psql("nsready_test", pg_sql);
         }
         Kind::Embedded => {
@@ -47,7 +47,7 @@ async fn js(env: &TestEnv) -> jetstream::Context {
 async fn publish_as_other_producer(env: &TestEnv, payload: Vec<u8>, trace_id: &str) {
     let msg_id = uuid::Uuid::new_v4().to_string();
     match env.kind {
-        Kind::ScaleOut => {
+        Kind::ScaleOut | Kind::ScaleOutTimescale => {
             let mut h = HeaderMap::new();
             h.insert("Nats-Msg-Id", msg_id.as_str());
             h.insert("Nsready-Trace-Id", trace_id);
@@ -162,7 +162,7 @@ async fn a_refusal_outside_class_22_is_bisected_retried_then_dead_lettered(kind:
     assert!(d.reason.contains("gave up after 3 deliveries"), "{d:?}");
     assert!(!d.reason.contains("INSERT"), "no SQL text: {d:?}");
     match kind {
-        Kind::ScaleOut => {
+        Kind::ScaleOut | Kind::ScaleOutTimescale => {
             assert_eq!(d.error_type, "store_rejected", "{d:?}");
             assert!(d.reason.contains("XX001"), "{d:?}");
         }

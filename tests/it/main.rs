@@ -24,4 +24,5 @@ mod status_page;
 mod store_postgres;
 mod support;
 mod tenant;
+mod timescale;
 mod tls;

@@ -1,4 +1,5 @@
-//! The pipeline's behaviour, written once and run on both deployments: golden path, schema
+//! The pipeline's behaviour, written once and run on both deployments (the ones marked
+//! `all_stores!` also on TimescaleDB): golden path, schema
 //! violations, duplicates, registry misses and healing, poison isolation, queue depth,
 //! backpressure and metrics. Each test ends by counting what it sent against rows and dead
 //! letters.
@@ -10,9 +11,9 @@ use nsready::registry::demo_ids;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::both_deployments;
 use crate::support::app::{Kind, TestEnv, metric, wait_until};
 use crate::support::{event, event_for, key};
+use crate::{all_stores, both_deployments};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -65,7 +66,7 @@ async fn golden_path_lands_every_metric_with_its_columns(kind: Kind) {
     assert!(env.dead_letters().await.is_empty());
     app.stop().await;
 }
-both_deployments!(golden_path_lands_every_metric_with_its_columns);
+all_stores!(golden_path_lands_every_metric_with_its_columns);
 
 /// An event without event_id gets the seed's `<device>:<timestamp>:<key>` event_id.
 async fn event_id_defaults_to_device_timestamp_and_key(kind: Kind) {
@@ -299,7 +300,7 @@ async fn duplicates_give_one_row_and_the_last_write_wins(kind: Kind) {
     assert!(env.dead_letters().await.is_empty());
     app.stop().await;
 }
-both_deployments!(duplicates_give_one_row_and_the_last_write_wins);
+all_stores!(duplicates_give_one_row_and_the_last_write_wins);
 
 /// Unknown device, unknown parameter, and a project that does not own the device: no row,
 /// retried, then one dead letter each with its reason and an error_logs row.
@@ -403,7 +404,7 @@ async fn importing_the_device_before_retries_run_out_lands_the_event(kind: Kind)
     assert_eq!(h["service"], "ok", "{h}");
     app.stop().await;
 }
-both_deployments!(importing_the_device_before_retries_run_out_lands_the_event);
+all_stores!(importing_the_device_before_retries_run_out_lands_the_event);
 
 /// Poison next to good events: the good ones land, the poison goes to the DLQ.
 async fn poison_is_isolated_and_the_good_events_land(kind: Kind) {
@@ -451,7 +452,7 @@ async fn poison_is_isolated_and_the_good_events_land(kind: Kind) {
     assert_eq!(43, rows + dl.len(), "accepted = rows + dead letters");
     app.stop().await;
 }
-both_deployments!(poison_is_isolated_and_the_good_events_land);
+all_stores!(poison_is_isolated_and_the_good_events_land);
 
 /// A full queue answers 503 with Retry-After and queues nothing; what was accepted lands.
 async fn full_queue_answers_503_and_accepted_events_land(kind: Kind) {

@@ -2,7 +2,8 @@
 //! classification (data vs. transient), registry import/export and the SCADA views.
 //!
 //! Every test starts its server with `support::servers::Postgres::start()` and works in a
-//! database of its own; the restart test stops and starts its server.
+//! database of its own; the restart test stops and starts its server. The tests marked
+//! `plain_and_timescale!` also run on a PostgreSQL with TimescaleDB preloaded.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,22 @@ use nsready::store::{ErrorLogEntry, PostgresStore, Row, Store, StoreError};
 use uuid::Uuid;
 
 use crate::support::servers::Postgres;
+
+/// Runs `async fn name(pg: Postgres)` on plain PostgreSQL and on TimescaleDB.
+macro_rules! plain_and_timescale {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn plain() {
+                super::$name(crate::support::servers::Postgres::start()).await
+            }
+            #[tokio::test]
+            async fn timescale() {
+                super::$name(crate::support::servers::Postgres::start_timescale()).await
+            }
+        }
+    };
+}
 
 /// Short enough that a stopped server fails the test quickly, long enough for a loaded CI.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,9 +78,7 @@ fn psql(pg: &Postgres, db: &str, sql: &str) -> String {
     pg.psql(db, sql).trim().to_string()
 }
 
-#[tokio::test]
-async fn migrations_apply_twice_and_create_all_tables_and_both_views() {
-    let pg = Postgres::start();
+async fn migrations_apply_twice_and_create_all_tables_and_both_views(pg: Postgres) {
     let store = store(&pg, "t").await;
     store.migrate().await.expect("second migrate is a no-op");
 
@@ -96,16 +111,15 @@ async fn migrations_apply_twice_and_create_all_tables_and_both_views() {
         &pg,
         "t",
         "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.views \
-         WHERE table_schema = 'public'",
+         WHERE table_schema = 'public' AND table_name LIKE 'v\\_%'",
     );
-    assert_eq!(views, "v_scada_history,v_scada_latest");
+    assert_eq!(views, "v_scada_history,v_scada_history_1m,v_scada_latest");
     let applied = psql(&pg, "t", "SELECT count(*) FROM nsready_schema_migrations");
-    assert_eq!(applied, "1", "each migration is recorded once");
+    assert_eq!(applied, "2", "each migration is recorded once");
 }
+plain_and_timescale!(migrations_apply_twice_and_create_all_tables_and_both_views);
 
-#[tokio::test]
-async fn concurrent_migrations_of_a_fresh_database_all_succeed() {
-    let pg = Postgres::start();
+async fn concurrent_migrations_of_a_fresh_database_all_succeed(pg: Postgres) {
     let url = pg.create_database("t");
     let pg_connect = PgConnect::from_url(&url).expect("the harness gives a valid URL");
     // Separate pools, as separate processes would have; the advisory lock serialises them.
@@ -118,13 +132,12 @@ async fn concurrent_migrations_of_a_fresh_database_all_succeed() {
     }
     assert_eq!(
         psql(&pg, "t", "SELECT count(*) FROM nsready_schema_migrations"),
-        "1"
+        "2"
     );
 }
+plain_and_timescale!(concurrent_migrations_of_a_fresh_database_all_succeed);
 
-#[tokio::test]
-async fn upsert_of_rows_with_the_same_key_replaces_and_keeps_one_row() {
-    let pg = Postgres::start();
+async fn upsert_of_rows_with_the_same_key_replaces_and_keeps_one_row(pg: Postgres) {
     let store = store_with_demo(&pg, "t").await;
     let voltage = key("voltage");
 
@@ -153,10 +166,9 @@ async fn upsert_of_rows_with_the_same_key_replaces_and_keeps_one_row() {
     );
     assert_eq!(store.upsert(&[]).await.expect("empty batch"), 0);
 }
+plain_and_timescale!(upsert_of_rows_with_the_same_key_replaces_and_keeps_one_row);
 
-#[tokio::test]
-async fn upsert_of_a_row_for_an_unknown_device_is_a_data_error() {
-    let pg = Postgres::start();
+async fn upsert_of_a_row_for_an_unknown_device_is_a_data_error(pg: Postgres) {
     let store = store_with_demo(&pg, "t").await;
     let stranger = Uuid::from_u128(0xdead_beef);
 
@@ -174,6 +186,7 @@ async fn upsert_of_a_row_for_an_unknown_device_is_a_data_error() {
     assert!(matches!(err, StoreError::Data(_)), "{err:?}");
     assert_eq!(store.count_rows().await.expect("count"), 0);
 }
+plain_and_timescale!(upsert_of_a_row_for_an_unknown_device_is_a_data_error);
 
 #[tokio::test]
 async fn a_stopped_database_gives_a_transient_error_and_writes_resume_after_restart() {
@@ -347,9 +360,7 @@ async fn log_errors_writes_one_row_per_entry() {
     );
 }
 
-#[tokio::test]
-async fn latest_returns_the_newest_value_per_device_and_parameter() {
-    let pg = Postgres::start();
+async fn latest_returns_the_newest_value_per_device_and_parameter(pg: Postgres) {
     let store = store_with_demo(&pg, "t").await;
     let (voltage, current) = (key("voltage"), key("current"));
     let dev = demo_ids::DEVICE_01_1;
@@ -390,3 +401,4 @@ async fn latest_returns_the_newest_value_per_device_and_parameter() {
     let all = store.latest(None).await.expect("latest of all");
     assert_eq!(all.len(), 3);
 }
+plain_and_timescale!(latest_returns_the_newest_value_per_device_and_parameter);

@@ -1,5 +1,5 @@
-//! Schema migrations of the PostgreSQL store: embedded SQL files plus the optional
-//! TimescaleDB step.
+//! Schema migrations of the PostgreSQL store: embedded SQL files (the optional TimescaleDB
+//! step is `timescale`).
 //!
 //! The SQL files under `src/store/migrations/postgres/` are compiled into the binary and
 //! applied in version order, each recorded in `nsready_schema_migrations`. Everything runs in
@@ -31,13 +31,21 @@ pub(super) struct Migration {
 }
 
 /// Every migration, in the order they are applied. Never edit an applied file: add one.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "platform_schema",
-    sql: include_str!("../migrations/postgres/0001_platform_schema.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "platform_schema",
+        sql: include_str!("../migrations/postgres/0001_platform_schema.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "scada_history_rollup",
+        sql: include_str!("../migrations/postgres/0005_scada_history_rollup.sql"),
+    },
+];
 
-/// Applies the migrations that are not applied yet, then the TimescaleDB step.
+/// Applies the migrations that are not applied yet (the TimescaleDB step follows, in
+/// `timescale::apply`).
 ///
 /// # Errors
 /// The first failing statement, classified; nothing of this run is kept then.
@@ -95,7 +103,7 @@ pub(super) async fn run(tx: &Transaction<'_>) -> Result<(), StoreError> {
         .await
         .map_err(|e| classify(&e))?;
     }
-    timescale(tx).await
+    Ok(())
 }
 
 /// A failed migration step, with a hint when the role lacks the owner's rights (a process
@@ -137,69 +145,6 @@ pub(super) async fn create_roles(tx: &Transaction<'_>) -> Result<(), StoreError>
             StoreError::Other(format!("creating roles: {err}"))
         }
     })
-}
-
-/// Turns `ingest_events` into a hypertable with compression and retention when TimescaleDB
-/// can be used; a no-op on plain PostgreSQL.
-///
-/// Not a recorded migration on purpose: it is re-checked at every start, so installing the
-/// extension later takes effect without a new version. Once the hypertable exists it does
-/// nothing. UNTESTED HERE: TimescaleDB is not installable in this build environment; the
-/// plain-PostgreSQL path (every check false) is what the tests exercise.
-async fn timescale(tx: &Transaction<'_>) -> Result<(), StoreError> {
-    let q = |sql: &'static str| async move {
-        tx.query_opt(sql, &[])
-            .await
-            .map(|row| row.is_some())
-            .map_err(|e| classify(&e))
-    };
-    let installed = q("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").await?;
-    if !installed {
-        if !q("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").await? {
-            tracing::debug!("TimescaleDB not available: ingest_events stays a plain table");
-            return Ok(());
-        }
-        // CREATE EXTENSION fails unless the library is preloaded; check instead of failing
-        // the whole migration.
-        let preloaded = q(
-            "SELECT 1 WHERE current_setting('shared_preload_libraries') \
-                           LIKE '%timescaledb%'",
-        )
-        .await?;
-        if !preloaded {
-            tracing::warn!(
-                "TimescaleDB is installed but not in shared_preload_libraries: \
-                 ingest_events stays a plain table"
-            );
-            return Ok(());
-        }
-        tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            .await
-            .map_err(|e| classify(&e))?;
-    }
-    let hyper = q("SELECT 1 FROM timescaledb_information.hypertables \
-                   WHERE hypertable_name = 'ingest_events' \
-                   AND hypertable_schema = current_schema()")
-    .await?;
-    if hyper {
-        return Ok(());
-    }
-    tracing::info!("converting ingest_events to a TimescaleDB hypertable");
-    // migrate_data moves rows written before the extension appeared into chunks.
-    tx.batch_execute(
-        "SELECT create_hypertable('ingest_events', 'time',
-                chunk_time_interval => INTERVAL '7 days',
-                if_not_exists => TRUE, migrate_data => TRUE);
-         ALTER TABLE ingest_events SET (
-                timescaledb.compress,
-                timescaledb.compress_segmentby = 'device_id, parameter_key');
-         SELECT add_compression_policy('ingest_events', INTERVAL '7 days',
-                if_not_exists => TRUE);
-         SELECT add_retention_policy('ingest_events', INTERVAL '90 days',
-                if_not_exists => TRUE);",
-    )
-    .await
-    .map_err(|e| classify(&e))
 }
 
 #[cfg(test)]

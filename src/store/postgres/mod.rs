@@ -11,8 +11,11 @@
 mod error;
 mod migrate;
 mod registry;
+mod timescale;
 mod tls;
 mod tokens;
+
+pub use timescale::TimescaleInfo;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,11 +27,11 @@ use uuid::Uuid;
 
 use self::error::{classify, classify_pool};
 use self::tls::PgTlsConnector;
-use crate::config::PgConnect;
+use crate::config::{PgConnect, TimescalePolicy};
 use crate::registry::{ImportReport, RegistryDoc, RegistrySnapshot};
 use crate::store::{
-    ErrorLogEntry, LatestValue, NewToken, Refusal, Revoke, Row, Store, StoreError, TokenGrant,
-    TokenInfo,
+    ErrorLogEntry, LatestValue, NewToken, Refusal, Revoke, Row, Store, StoreError, StoreInfo,
+    TokenGrant, TokenInfo,
 };
 
 /// One statement for a whole batch: the columns travel as eight arrays and UNNEST zips them
@@ -71,6 +74,8 @@ pub struct PostgresStore {
     timeout: Duration,
     /// The pool's TLS connector (`sslmode`), also for cancel requests.
     tls: PgTlsConnector,
+    /// The TimescaleDB settings `migrate` applies where the extension is installed.
+    timescale: TimescalePolicy,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -118,7 +123,19 @@ impl PostgresStore {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the connection pool: {e}")))?;
-        Ok(PostgresStore { pool, timeout, tls })
+        Ok(PostgresStore {
+            pool,
+            timeout,
+            tls,
+            timescale: TimescalePolicy::default(),
+        })
+    }
+
+    /// The TimescaleDB settings `migrate` applies (the defaults otherwise).
+    #[must_use]
+    pub fn with_timescale(mut self, policy: TimescalePolicy) -> Self {
+        self.timescale = policy;
+        self
     }
 
     /// A pooled connection, within the pool's timeouts.
@@ -169,6 +186,7 @@ impl Store for PostgresStore {
         // migration, and converting a big table to a hypertable takes as long as it takes.
         let tx = client.transaction().await.map_err(|e| classify(&e))?;
         migrate::run(&tx).await?;
+        timescale::apply(&tx, &self.timescale).await?;
         tx.commit().await.map_err(|e| classify(&e))
     }
 
@@ -344,6 +362,20 @@ impl Store for PostgresStore {
         })
         .await;
         self.settle(client, outcome, "latest").await
+    }
+
+    async fn info(&self) -> Result<StoreInfo, StoreError> {
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.timeout, timescale::info(&client)).await;
+        let timescale = self.settle(client, outcome, "info").await?;
+        Ok(StoreInfo {
+            backend: if timescale.is_some() {
+                "timescaledb"
+            } else {
+                "postgresql"
+            },
+            timescale,
+        })
     }
 
     async fn count_rows(&self) -> Result<u64, StoreError> {

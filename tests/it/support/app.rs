@@ -29,6 +29,8 @@ use super::servers::{NatsCluster, NatsServer, Postgres};
 pub enum Kind {
     ScaleOut,
     Embedded,
+    /// Scale-out on a PostgreSQL with TimescaleDB preloaded (`ingest_events` a hypertable).
+    ScaleOutTimescale,
 }
 
 #[derive(Parser)]
@@ -71,9 +73,13 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut base = Self::base_args();
         let (nats, pg, db_url) = match kind {
-            Kind::ScaleOut => {
+            Kind::ScaleOut | Kind::ScaleOutTimescale => {
                 let nats = NatsServer::start();
-                let pg = Postgres::start();
+                let pg = if kind == Kind::ScaleOutTimescale {
+                    Postgres::start_timescale()
+                } else {
+                    Postgres::start()
+                };
                 let db_url = pg.create_database("nsready_test");
                 base.extend([
                     "--nats-url".into(),
@@ -219,7 +225,7 @@ impl TestEnv {
     /// A store handle on the same database.
     pub async fn with_store<T>(&self, f: impl AsyncStoreFn<T>) -> T {
         match self.kind {
-            Kind::ScaleOut => {
+            Kind::ScaleOut | Kind::ScaleOutTimescale => {
                 let url = self.db_url.as_ref().expect("db url");
                 let pg = nsready::config::PgConnect::from_url(url).expect("pg url");
                 let s = PostgresStore::connect(&pg, 2, Duration::from_secs(5)).expect("store");
@@ -246,7 +252,7 @@ impl TestEnv {
     /// Every row of `ingest_events`, ordered by key.
     pub fn rows(&self) -> Vec<RowView> {
         match self.kind {
-            Kind::ScaleOut => {
+            Kind::ScaleOut | Kind::ScaleOutTimescale => {
                 let pg = self.pg.as_ref().expect("pg");
                 let out = pg.psql(
                     "nsready_test",
@@ -284,7 +290,7 @@ impl TestEnv {
     /// PostgreSQL, a trigger in SQLite): poison that only the database can see.
     pub fn refuse_value_in_store(&self, value: f64) {
         match self.kind {
-            Kind::ScaleOut => {
+            Kind::ScaleOut | Kind::ScaleOutTimescale => {
                 self.pg.as_ref().expect("pg").psql(
                     "nsready_test",
                     &format!(
@@ -308,7 +314,7 @@ impl TestEnv {
     /// Runs one SQL query returning a single integer (`SELECT count(*) ...`).
     pub fn count(&self, sql: &str) -> i64 {
         match self.kind {
-            Kind::ScaleOut => self
+            Kind::ScaleOut | Kind::ScaleOutTimescale => self
                 .pg
                 .as_ref()
                 .expect("pg")
@@ -327,7 +333,7 @@ impl TestEnv {
     pub fn view_rows(&self, view: &str) -> Vec<(String, Option<f64>)> {
         let sql = format!("SELECT parameter_key, value FROM {view} ORDER BY parameter_key, time");
         match self.kind {
-            Kind::ScaleOut => {
+            Kind::ScaleOut | Kind::ScaleOutTimescale => {
                 let out = self.pg.as_ref().expect("pg").psql("nsready_test", &sql);
                 out.lines()
                     .filter(|l| !l.is_empty())
@@ -367,7 +373,7 @@ impl TestEnv {
         Fut: std::future::Future<Output = T>,
     {
         match self.kind {
-            Kind::ScaleOut => {
+            Kind::ScaleOut | Kind::ScaleOutTimescale => {
                 let s = self.settings(&[]);
                 let url = self.nats_url();
                 let client = jetstream::connect(&url, &s.nats)

@@ -65,6 +65,28 @@ macro_rules! both_deployments {
     };
 }
 
+/// Runs an async behaviour test against both deployments and, on top, scale-out on a
+/// PostgreSQL with TimescaleDB (fails when the extension is not installed).
+#[macro_export]
+macro_rules! all_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn scale_out() {
+                super::$name($crate::support::app::Kind::ScaleOut).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::support::app::Kind::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn timescale() {
+                super::$name($crate::support::app::Kind::ScaleOutTimescale).await
+            }
+        }
+    };
+}
+
 /// A child nsready process, killed (SIGKILL) and reaped on drop.
 pub struct Proc(pub std::process::Child);
 

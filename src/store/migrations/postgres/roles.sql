@@ -16,7 +16,8 @@
 --   v_scada_latest SELECT (`nsready latest`).
 --   Advisory locks and the catalog need no grant.
 -- nsready_read: SELECT on the SCADA views only (views run with their owner's rights, so the
---   tables behind them stay closed).
+--   tables behind them stay closed; on TimescaleDB v_scada_history_1m reads the continuous
+--   aggregate scada_rollup_1m the same way).
 
 DO $$
 BEGIN
@@ -36,4 +37,4 @@ GRANT SELECT, INSERT, UPDATE ON ingest_events TO nsready_ingest;
 GRANT INSERT ON error_logs TO nsready_ingest;
 GRANT SELECT ON customers, projects, sites, devices, parameter_templates, tokens,
                 nsready_schema_migrations, v_scada_latest TO nsready_ingest;
-GRANT SELECT ON v_scada_latest, v_scada_history TO nsready_read;
+GRANT SELECT ON v_scada_latest, v_scada_history, v_scada_history_1m TO nsready_read;

@@ -90,6 +90,7 @@ mod nats;
 mod pg_install;
 mod postgres;
 mod process;
+mod timescale;
 
 pub use certs::{Issued, TestCa};
 pub use cluster::NatsCluster;
@@ -97,3 +98,4 @@ pub use nats::NatsServer;
 use pg_install::*;
 pub use postgres::{PgOptions, Postgres};
 use process::*;
+pub use timescale::assert_timescale_installed;
