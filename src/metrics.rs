@@ -25,7 +25,15 @@ use prometheus_client::registry::Registry;
 
 mod labels;
 use labels::status_labels;
-pub use labels::{Component, ComponentLabel, HttpLabel, Route};
+pub use labels::{Component, ComponentLabel, HttpLabel, Route, RouteLabel};
+
+/// `nsready_http_request_duration_seconds` by route.
+type HttpDurations = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+/// 0.1 ms to ~6.5 s in ×2 steps, then +Inf.
+fn http_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
 
 /// What became of events (`ingest_events_total{status}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -222,24 +230,7 @@ impl Collector for ProcessCollector {
     }
 }
 
-/// Names of the metrics as scraped (counters with prometheus' `_total` suffix), for the
-/// readers of `/metrics` (loadgen's scraper): they spell no metric name of their own.
-pub mod names {
-    /// Histogram: publish → commit, per event.
-    pub const PROCESSING_SECONDS: &str = "ingest_processing_duration_seconds";
-    /// Histogram: one batch's database write.
-    pub const DB_WRITE_SECONDS: &str = "ingest_db_write_duration_seconds";
-    /// Histogram: messages per committed batch.
-    pub const BATCH_SIZE: &str = "ingest_batch_size";
-    /// Histogram: the collector's wait for the queue's ack.
-    pub const PUBLISH_SECONDS: &str = "ingest_publish_duration_seconds";
-    /// Counter: rows written.
-    pub const ROWS_TOTAL: &str = "ingest_rows_total";
-    /// Counter: events by status.
-    pub const EVENTS_TOTAL: &str = "ingest_events_total";
-    /// Counter: requests or events refused by auth or the rate limit, by reason.
-    pub const REFUSED_TOTAL: &str = "ingest_refused_total";
-}
+pub mod names;
 
 /// The queue's state as the gauges show it: plain numbers, so this module needs no queue
 /// types (the caller fills it from its `QueueStats`).
@@ -280,6 +271,7 @@ struct Inner {
     stalled: Gauge,
     up: Family<ComponentLabel, Gauge>,
     http: Family<HttpLabel, Counter>,
+    http_seconds: HttpDurations,
     oldest_age: Gauge<f64, AtomicU64>,
     dlq_by_reason: Family<ErrorLabel, Gauge>,
 }
@@ -397,6 +389,12 @@ impl Metrics {
             "HTTP responses by matched route template and status class (429 and 503 by code)",
             http.clone(),
         );
+        let http_seconds = HttpDurations::new_with_constructor(http_histogram as fn() -> Histogram);
+        registry.register(
+            "nsready_http_request_duration_seconds",
+            "Time from a request's head to its response, by matched route template",
+            http_seconds.clone(),
+        );
         let oldest_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "ingest_queue_oldest_age_seconds",
@@ -422,6 +420,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 up,
                 http,
+                http_seconds,
                 oldest_age,
                 dlq_by_reason,
                 registry,
@@ -516,6 +515,16 @@ impl Metrics {
                 component: component.as_str(),
             })
             .set(i64::from(up));
+    }
+
+    /// Observes one HTTP request's duration (head received → response ready).
+    pub fn http_duration(&self, route: Route, seconds: f64) {
+        self.inner
+            .http_seconds
+            .get_or_create(&RouteLabel {
+                route: route.as_str(),
+            })
+            .observe(seconds);
     }
 
     /// Counts one HTTP response.

@@ -84,6 +84,13 @@ pub struct ComponentLabel {
     pub component: &'static str,
 }
 
+/// Labels of `nsready_http_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The matched route template, `other` or `unmatched`.
+    pub route: &'static str,
+}
+
 /// Labels of `nsready_http_responses_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabel {

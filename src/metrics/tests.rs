@@ -9,6 +9,7 @@ fn http_labels_are_bounded_and_render() {
         m.http_response(Route::from_template(None), code);
     }
     m.http_response(Route::from_template(Some("/v1/ingest")), 503);
+    m.http_duration(Route::from_template(Some("/v1/ingest")), 0.002);
     m.up(Component::Store, false);
     m.database_error();
     let text = m.render();
