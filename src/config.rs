@@ -213,6 +213,31 @@ impl Settings {
     }
 }
 
+/// Test builds only: [`Settings`] parsed from command-line arguments (without the program
+/// name), as clap parses them in `nsready`, for the config modules' unit tests.
+#[cfg(test)]
+pub(crate) fn try_settings_from(args: &[&str]) -> Result<Settings, clap::Error> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        settings: Settings,
+    }
+    let mut all = vec!["nsready"];
+    all.extend_from_slice(args);
+    Only::try_parse_from(all).map(|o| o.settings)
+}
+
+/// Test builds only: as [`try_settings_from`], panicking with clap's message when the
+/// arguments do not parse.
+#[cfg(test)]
+pub(crate) fn settings_from(args: &[&str]) -> Settings {
+    match try_settings_from(args) {
+        Ok(s) => s,
+        Err(e) => panic!("{args:?} should parse: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

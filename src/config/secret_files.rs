@@ -121,24 +121,9 @@ pub fn read_secret(file_name: &'static str, path: &Path) -> Result<Secret, Confi
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Only {
-        #[command(flatten)]
-        settings: Settings,
-    }
-
-    fn settings(args: &[&str]) -> Settings {
-        let mut all = vec!["nsready"];
-        all.extend_from_slice(args);
-        match Only::try_parse_from(all) {
-            Ok(o) => o.settings,
-            Err(e) => panic!("{args:?} should parse: {e}"),
-        }
-    }
+    use crate::config::settings_from as settings;
 
     #[test]
     fn a_file_secret_is_read_once_with_one_trailing_newline_stripped() {

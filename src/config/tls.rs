@@ -312,17 +312,8 @@ mod tests {
     }
 
     fn validated(args: &[&str]) -> Result<(), String> {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            settings: Settings,
-        }
-        let mut all = vec!["nsready"];
-        all.extend_from_slice(args);
-        Only::try_parse_from(all)
+        crate::config::try_settings_from(args)
             .map_err(|e| e.to_string())?
-            .settings
             .validate()
             .map_err(|e| e.to_string())
     }

@@ -265,24 +265,9 @@ fn capped(name: &'static str, value: usize) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Only {
-        #[command(flatten)]
-        settings: Settings,
-    }
-
-    fn settings(args: &[&str]) -> Settings {
-        let mut all = vec!["nsready"];
-        all.extend_from_slice(args);
-        match Only::try_parse_from(all) {
-            Ok(o) => o.settings,
-            Err(e) => panic!("{args:?} should parse: {e}"),
-        }
-    }
+    use crate::config::settings_from as settings;
 
     /// The variable the error names, and its message.
     fn refused(args: &[&str]) -> (&'static str, String) {
