@@ -121,8 +121,6 @@ pub fn read_secret(file_name: &'static str, path: &Path) -> Result<Secret, Confi
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     use crate::config::settings_from as settings;
 
     #[test]
