@@ -421,6 +421,11 @@ async fn assemble<Q: Queue, S: Store>(
     };
     let pool_state = pool_state.map(|p| p as std::sync::Arc<dyn collector::WorkerHealth>);
     let state = Collector::new(queue, store, metrics, http, pool_state, shutdown.clone());
+    if role.has_collector() {
+        collector::mqtt::start(&state, settings, tls.clone(), &shutdown)
+            .await
+            .map_err(|(addr, source)| AppError::Bind { addr, source })?;
+    }
     let router = collector::router(state, role.has_collector());
     let addr = format!(
         "{}:{}",

@@ -24,8 +24,10 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 mod labels;
+mod mqtt;
 use labels::status_labels;
 pub use labels::{Component, ComponentLabel, HttpLabel, Route, RouteLabel};
+pub use mqtt::MqttResult;
 
 /// `nsready_http_request_duration_seconds` by route.
 type HttpDurations = Family<RouteLabel, Histogram, fn() -> Histogram>;
@@ -274,6 +276,7 @@ struct Inner {
     http_seconds: HttpDurations,
     oldest_age: Gauge<f64, AtomicU64>,
     dlq_by_reason: Family<ErrorLabel, Gauge>,
+    mqtt: mqtt::MqttMetrics,
 }
 
 impl Default for Metrics {
@@ -418,6 +421,7 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             inner: Arc::new(Inner {
+                mqtt: mqtt::MqttMetrics::register(&mut registry),
                 up,
                 http,
                 http_seconds,
@@ -561,6 +565,17 @@ impl Metrics {
         self.inner.batch_size.observe(messages as f64);
         self.inner.db_write.observe(write_secs);
         self.inner.rows.inc_by(rows);
+    }
+
+    /// MQTT sessions opened (+1) or closed (-1); a PUBLISH's outcome; its ack latency.
+    pub fn mqtt_connections(&self, delta: i64) {
+        self.inner.mqtt.connections(delta);
+    }
+    pub fn mqtt_publish(&self, qos: u8, result: MqttResult) {
+        self.inner.mqtt.publish(qos, result);
+    }
+    pub fn mqtt_ack_seconds(&self, secs: f64) {
+        self.inner.mqtt.ack_seconds(secs);
     }
 
     /// The collector's wait for a publish acknowledgement.

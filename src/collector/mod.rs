@@ -10,11 +10,13 @@
 //! [`body`]. Every role also serves the status page ([`page`], `GET /`), and every response
 //! is counted by route and status class ([`observe`]).
 
+pub mod accept;
 pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod mqtt;
 pub mod observe;
 pub mod page;
 pub mod rate;
