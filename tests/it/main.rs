@@ -15,6 +15,8 @@ mod hostile_input;
 mod hostile_memory;
 mod hostile_worker;
 mod loadgen;
+mod mqtt;
+mod mqtt_faults;
 mod observability;
 mod operator;
 mod pipeline;
