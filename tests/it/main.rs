@@ -17,6 +17,7 @@ mod hostile_worker;
 mod loadgen;
 mod mqtt;
 mod mqtt_faults;
+mod mqtt_kill;
 mod observability;
 mod operator;
 mod pipeline;
