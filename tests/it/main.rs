@@ -16,6 +16,7 @@ mod hostile_memory;
 mod hostile_worker;
 mod loadgen;
 mod mqtt;
+mod mqtt_auth_limits;
 mod mqtt_faults;
 mod mqtt_kill;
 mod observability;
