@@ -567,17 +567,6 @@ impl Metrics {
         self.inner.rows.inc_by(rows);
     }
 
-    /// MQTT sessions opened (+1) or closed (-1); a PUBLISH's outcome; its ack latency.
-    pub fn mqtt_connections(&self, delta: i64) {
-        self.inner.mqtt.connections(delta);
-    }
-    pub fn mqtt_publish(&self, qos: u8, result: MqttResult) {
-        self.inner.mqtt.publish(qos, result);
-    }
-    pub fn mqtt_ack_seconds(&self, secs: f64) {
-        self.inner.mqtt.ack_seconds(secs);
-    }
-
     /// The collector's wait for a publish acknowledgement.
     pub fn publish_seconds(&self, secs: f64) {
         self.inner.publish.observe(secs);

@@ -90,6 +90,8 @@ pub struct Collector<Q, S> {
     pub(crate) dlq_cache: tokio::sync::Mutex<health::DlqByReason>,
     /// Last list of the newest dead letters (the status page).
     pub(crate) letters_cache: tokio::sync::Mutex<page::LettersCache>,
+    /// The MQTT listener, once bound (health and the status page show it).
+    pub(crate) mqtt: std::sync::OnceLock<mqtt::Listening>,
 }
 
 /// Settings of the HTTP side, besides queue and store.
@@ -143,6 +145,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             health_cache: tokio::sync::Mutex::new(None),
             dlq_cache: tokio::sync::Mutex::new(health::DlqByReason::default()),
             letters_cache: tokio::sync::Mutex::new(page::LettersCache::default()),
+            mqtt: std::sync::OnceLock::new(),
         })
     }
 

@@ -94,3 +94,18 @@ impl MqttMetrics {
         self.ack.observe(secs);
     }
 }
+
+impl super::Metrics {
+    /// MQTT sessions opened (+1) or closed (-1).
+    pub fn mqtt_connections(&self, delta: i64) {
+        self.inner.mqtt.connections(delta);
+    }
+    /// A PUBLISH's outcome.
+    pub fn mqtt_publish(&self, qos: u8, result: MqttResult) {
+        self.inner.mqtt.publish(qos, result);
+    }
+    /// PUBLISH read to its acknowledgement.
+    pub fn mqtt_ack_seconds(&self, secs: f64) {
+        self.inner.mqtt.ack_seconds(secs);
+    }
+}

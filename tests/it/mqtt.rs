@@ -122,6 +122,9 @@ async fn golden_path_single_and_batch_on_311_and_5(kind: Kind) {
     .await;
     assert_eq!(env.row_count().await, sent, "the resend landed once");
     assert!(env.dead_letters().await.is_empty());
+    let h = app.health().await;
+    assert_eq!(h["mqtt"]["listen"], listen.as_str(), "{h}");
+    assert_eq!(h["mqtt"]["clients"], 0, "{h}");
     let m = app.metrics().await;
     assert!(
         m.contains(r#"nsready_mqtt_publishes_total{qos="1",result="queued"} 5"#),

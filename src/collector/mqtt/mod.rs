@@ -216,7 +216,33 @@ pub async fn start<Q: Queue, S: Store>(
         .map_err(|e| (addr.clone(), e))?;
     let local = listener.local_addr().map_err(|e| (addr.clone(), e))?;
     let cfg = Arc::new(MqttConfig::new(settings, app.metrics.clone()));
+    let _ = app.mqtt.set(Listening {
+        addr: local,
+        tls: tls.is_some(),
+        stats: cfg.stats.clone(),
+    });
     tracing::info!(addr = %local, topic = %cfg.topic, tls = tls.is_some(), "MQTT listening");
     shutdown.spawn(run(listener, app.clone(), cfg, tls, shutdown.clone()));
     Ok(Some(local))
+}
+
+/// The bound MQTT listener, as `/v1/health` and `/v1/status` show it.
+pub struct Listening {
+    addr: std::net::SocketAddr,
+    tls: bool,
+    stats: Arc<MqttStats>,
+}
+
+impl<Q: Queue, S: Store> Collector<Q, S> {
+    /// `{"listen":..,"tls":..,"clients":..}`, or null without MQTT.
+    pub(crate) fn mqtt_json(&self) -> serde_json::Value {
+        match self.mqtt.get() {
+            None => serde_json::Value::Null,
+            Some(l) => serde_json::json!({
+                "listen": l.addr.to_string(),
+                "tls": l.tls,
+                "clients": l.stats.connections(),
+            }),
+        }
+    }
 }
