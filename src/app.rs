@@ -178,7 +178,7 @@ impl App {
         if role.has_collector() {
             settings.validate()?;
             auth::protected_mode(&settings.http).map_err(|e| AppError::Refused(e.to_string()))?;
-            if let Some(h) = settings.mqtt.listen_host() {
+            for h in settings.mqtt.listen_hosts() {
                 auth::check_exposure(settings.http.auth_mode(), h)
                     .map_err(|e| AppError::Refused(format!("MQTT_LISTEN: {e}")))?;
             }

@@ -14,6 +14,11 @@ pub struct MqttArgs {
     /// mode applies as to SERVICE_HOST: a non-loopback address needs INGEST_AUTH.
     #[arg(long, env = "MQTT_LISTEN", global = true)]
     pub mqtt_listen: Option<String>,
+    /// host:port of the MQTT-over-TLS listener (needs TLS_CERT_FILE/TLS_KEY_FILE, the HTTP
+    /// listener's certificate; TLS_CLIENT_CA_FILE makes it mTLS). The handshake must finish
+    /// within MQTT_CONNECT_TIMEOUT.
+    #[arg(long, env = "MQTT_TLS_LISTEN", global = true)]
+    pub mqtt_tls_listen: Option<String>,
     /// Topic of single events; `<prefix>/batch` takes a JSON array or NDJSON.
     #[arg(
         long,
@@ -87,11 +92,14 @@ impl MqttArgs {
         Ok(())
     }
 
-    /// The host part of MQTT_LISTEN (protected mode).
-    pub fn listen_host(&self) -> Option<&str> {
-        self.mqtt_listen
-            .as_deref()
-            .and_then(|l| l.rsplit_once(':'))
-            .map(|(h, _)| h)
+    /// The host parts of MQTT_LISTEN and MQTT_TLS_LISTEN (protected mode).
+    pub fn listen_hosts(&self) -> impl Iterator<Item = &str> {
+        [&self.mqtt_listen, &self.mqtt_tls_listen]
+            .into_iter()
+            .filter_map(|l| {
+                l.as_deref()
+                    .and_then(|l| l.rsplit_once(':'))
+                    .map(|(h, _)| h)
+            })
     }
 }

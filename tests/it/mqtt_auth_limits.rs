@@ -312,3 +312,56 @@ async fn oversized_silent_and_too_many_in_flight() {
     assert!(env.dead_letters().await.is_empty());
     app.stop().await;
 }
+
+/// MQTT over TLS (`MQTT_TLS_LISTEN`, the HTTP certificate): mosquitto_pub with the CA
+/// gets its PUBACK and the event lands; a plain client on the TLS port gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_with_the_http_certificate() {
+    let env = TestEnv::new(Kind::Embedded);
+    env.import_demo().await;
+    let ca = crate::support::servers::TestCa::new("nsready mqtt test CA");
+    let (cert, key) = ca
+        .server(&["127.0.0.1", "localhost"])
+        .write(env.dir.path(), "mqtt");
+    let ca_file = ca.write(env.dir.path(), "ca.pem");
+    let (port, listen) = mqtt_listen();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let app = env
+        .start(
+            Role::Serve,
+            &[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--mqtt-tls-listen",
+                &listen,
+            ],
+        )
+        .await;
+    let e = event(0, &[("voltage", 1.0)]).to_string();
+    let ca_s = ca_file.display().to_string();
+    let o = mosquitto_pub(
+        port,
+        &[
+            "--cafile",
+            &ca_s,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "nsready/ingest",
+            "-m",
+            &e,
+        ],
+    );
+    assert!(text(&o).contains("RC:0)"), "{}", text(&o));
+    let o = mosquitto_pub(
+        port,
+        &["-V", "mqttv5", "-q", "1", "-t", "nsready/ingest", "-m", &e],
+    );
+    assert!(!text(&o).contains("received PUBACK"), "{}", text(&o));
+    wait_until("one row", SETTLE, || async { env.row_count().await == 1 }).await;
+    app.stop().await;
+}

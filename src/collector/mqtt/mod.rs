@@ -197,33 +197,57 @@ pub async fn run<Q: Queue, S: Store>(
     }
 }
 
-/// Binds MQTT_LISTEN (when set) and spawns [`run`] under the shutdown handle; the bound
-/// address, for the log and `/health`.
+/// Binds MQTT_LISTEN (plain) and MQTT_TLS_LISTEN (with the HTTP listener's certificate),
+/// each when set, and spawns [`run`] for each under the shutdown handle.
 ///
 /// # Errors
-/// The address, and why it cannot be bound.
+/// The address, and why it cannot be bound (or, for TLS, that no certificate is set).
 pub async fn start<Q: Queue, S: Store>(
     app: &Arc<Collector<Q, S>>,
     settings: &Settings,
     tls: Option<TlsAcceptor>,
     shutdown: &Shutdown,
-) -> Result<Option<std::net::SocketAddr>, (String, std::io::Error)> {
-    let Some(addr) = settings.mqtt.mqtt_listen.clone() else {
-        return Ok(None);
-    };
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| (addr.clone(), e))?;
-    let local = listener.local_addr().map_err(|e| (addr.clone(), e))?;
+) -> Result<(), (String, std::io::Error)> {
+    let m = &settings.mqtt;
+    if m.mqtt_listen.is_none() && m.mqtt_tls_listen.is_none() {
+        return Ok(());
+    }
     let cfg = Arc::new(MqttConfig::new(settings, app.metrics.clone()));
-    let _ = app.mqtt.set(Listening {
-        addr: local,
-        tls: tls.is_some(),
-        stats: cfg.stats.clone(),
-    });
-    tracing::info!(addr = %local, topic = %cfg.topic, tls = tls.is_some(), "MQTT listening");
-    shutdown.spawn(run(listener, app.clone(), cfg, tls, shutdown.clone()));
-    Ok(Some(local))
+    let listeners = [
+        (m.mqtt_listen.clone(), None),
+        (m.mqtt_tls_listen.clone(), Some(tls)),
+    ];
+    for (addr, tls) in listeners {
+        let Some(addr) = addr else { continue };
+        let tls = match tls {
+            None => None,
+            Some(Some(a)) => Some(a),
+            Some(None) => {
+                let e =
+                    std::io::Error::other("MQTT_TLS_LISTEN needs TLS_CERT_FILE and TLS_KEY_FILE");
+                return Err((addr, e));
+            }
+        };
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| (addr.clone(), e))?;
+        let local = listener.local_addr().map_err(|e| (addr.clone(), e))?;
+        // Health shows the first listener (the plain one when both are set).
+        let _ = app.mqtt.set(Listening {
+            addr: local,
+            tls: tls.is_some(),
+            stats: cfg.stats.clone(),
+        });
+        tracing::info!(addr = %local, topic = %cfg.topic, tls = tls.is_some(), "MQTT listening");
+        shutdown.spawn(run(
+            listener,
+            app.clone(),
+            cfg.clone(),
+            tls,
+            shutdown.clone(),
+        ));
+    }
+    Ok(())
 }
 
 /// The bound MQTT listener, as `/v1/health` and `/v1/status` show it.
