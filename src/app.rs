@@ -178,6 +178,10 @@ impl App {
         if role.has_collector() {
             settings.validate()?;
             auth::protected_mode(&settings.http).map_err(|e| AppError::Refused(e.to_string()))?;
+            for h in settings.mqtt.listen_hosts() {
+                auth::check_exposure(settings.http.auth_mode(), h)
+                    .map_err(|e| AppError::Refused(format!("MQTT_LISTEN: {e}")))?;
+            }
         }
         let task = Assemble {
             settings,
@@ -421,6 +425,11 @@ async fn assemble<Q: Queue, S: Store>(
     };
     let pool_state = pool_state.map(|p| p as std::sync::Arc<dyn collector::WorkerHealth>);
     let state = Collector::new(queue, store, metrics, http, pool_state, shutdown.clone());
+    if role.has_collector() {
+        collector::mqtt::start(&state, settings, tls.clone(), &shutdown)
+            .await
+            .map_err(|(addr, source)| AppError::Bind { addr, source })?;
+    }
     let router = collector::router(state, role.has_collector());
     let addr = format!(
         "{}:{}",

@@ -13,6 +13,7 @@ mod db;
 mod duration;
 mod embedded;
 mod http;
+mod mqtt;
 mod nats;
 mod queue;
 mod secret;
@@ -27,6 +28,7 @@ pub use db::{DbArgs, SslMode};
 pub use duration::parse_duration;
 pub use embedded::EmbeddedArgs;
 pub use http::{HttpArgs, IngestAuth};
+pub use mqtt::MqttArgs;
 pub use nats::NatsArgs;
 pub use queue::QueueArgs;
 pub use secret::Secret;
@@ -114,6 +116,8 @@ pub struct Settings {
     pub worker: WorkerArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

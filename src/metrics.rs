@@ -24,8 +24,10 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 mod labels;
+mod mqtt;
 use labels::status_labels;
 pub use labels::{Component, ComponentLabel, HttpLabel, Route, RouteLabel};
+pub use mqtt::MqttResult;
 
 /// `nsready_http_request_duration_seconds` by route.
 type HttpDurations = Family<RouteLabel, Histogram, fn() -> Histogram>;
@@ -274,6 +276,7 @@ struct Inner {
     http_seconds: HttpDurations,
     oldest_age: Gauge<f64, AtomicU64>,
     dlq_by_reason: Family<ErrorLabel, Gauge>,
+    mqtt: mqtt::MqttMetrics,
 }
 
 impl Default for Metrics {
@@ -418,6 +421,7 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             inner: Arc::new(Inner {
+                mqtt: mqtt::MqttMetrics::register(&mut registry),
                 up,
                 http,
                 http_seconds,

@@ -135,6 +135,41 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Checks an MQTT CONNECT's login at time `now`: `shared` wants the shared token as the
+    /// password (any username); `token` wants a device token as the password and, when a
+    /// username is given, the token's device id as the username.
+    ///
+    /// # Errors
+    /// `Unauthorized` when a credential is needed and missing, unknown, expired or not the
+    /// username's.
+    pub fn check_login(
+        &self,
+        username: Option<&str>,
+        password: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, ApiError> {
+        let password = password.unwrap_or_default();
+        match self {
+            Auth::Open => Ok(Principal::Anyone),
+            Auth::Shared(want) => constant_time_eq(password.as_bytes(), want.expose().as_bytes())
+                .then_some(Principal::Anyone)
+                .ok_or(ApiError::Unauthorized),
+            Auth::Tokens(cache) => {
+                let device = cache
+                    .device_of(password, now)
+                    .ok_or(ApiError::Unauthorized)?;
+                match username.filter(|u| !u.is_empty()) {
+                    Some(u) if u.parse::<Uuid>().ok() != Some(device) => {
+                        Err(ApiError::Unauthorized)
+                    }
+                    _ => Ok(Principal::Device(device)),
+                }
+            }
+        }
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

@@ -207,6 +207,7 @@ pub async fn health<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
         "role": app.role,
         "workers": app.pool.as_ref().map_or(0, |p| p.workers()),
         "throughput": throughput,
+        "mqtt": app.mqtt_json(),
         "reasons": reasons,
     });
     Reply::Health(body).into_response()

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -22,13 +22,14 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Collector;
+use super::accept::{Refusal, outgoing};
 use super::body::{media_type, read_body};
 use super::error::{ApiError, BatchStatus, Reply};
 use super::rate::retry_after_secs;
-use crate::event::envelope;
+use crate::event::envelope::Transport;
 use crate::event::{BatchFormat, BatchRules, NormalizedEvent};
 use crate::metrics::{ErrorType, EventStatus, RefusalReason};
-use crate::queue::{Outgoing, Queue, QueueError};
+use crate::queue::{Queue, QueueError};
 use crate::store::Store;
 use tracing::Instrument;
 
@@ -66,28 +67,15 @@ async fn ingest_one<Q: Queue, S: Store>(
         app.metrics.error(ErrorType::ValidationError, 1);
         ApiError::Invalid(r)
     })?;
-    if !principal.allows(event.device_id()) {
-        app.metrics.refused(RefusalReason::Forbidden, 1);
-        return Err(ApiError::Forbidden {
-            device_id: event.device_id(),
-        });
-    }
-    if let Err(wait) = app.rate_check(&event.device_id()) {
-        app.metrics.refused(RefusalReason::RateLimited, 1);
-        return Err(ApiError::RateLimited {
-            retry_after: retry_after_secs(wait),
-        });
-    }
-    let msg = outgoing(&event, trace_id.clone());
-    let started = Instant::now();
-    let published = app.queue.publish(msg).await?;
-    tracing::debug!(
-        seq = published.seq,
-        duplicate = published.duplicate,
-        "event queued"
-    );
-    app.metrics.publish_seconds(started.elapsed().as_secs_f64());
-    app.metrics.events(EventStatus::Queued, 1);
+    app.accept_one(principal, &event, trace_id.clone(), Transport::Http)
+        .await
+        .map_err(|r| match r {
+            Refusal::Forbidden { device_id } => ApiError::Forbidden { device_id },
+            Refusal::RateLimited(wait) => ApiError::RateLimited {
+                retry_after: retry_after_secs(wait),
+            },
+            Refusal::Queue(e) => ApiError::from(e),
+        })?;
     // `status` first, compact, one line (DESIGN.md §4).
     Ok(Reply::Queued(format!(r#"{{"status":"queued","trace_id":"{trace_id}"}}"#)).into_response())
 }
@@ -160,7 +148,7 @@ async fn ingest_many<Q: Queue, S: Store>(
                 return;
             }
             let trace_id = Uuid::new_v4().to_string();
-            let msg = outgoing(&event, trace_id.clone());
+            let msg = outgoing(&event, trace_id.clone(), Transport::Http);
             slots.push((index, trace_id));
             to_publish.push(msg);
             results.push(Value::Null);
@@ -241,17 +229,4 @@ async fn ingest_many<Q: Queue, S: Store>(
         tracing::warn!(error = %e, accepted, "batch partly refused by the queue: 503");
     }
     Ok(Reply::Batch(status, body).into_response())
-}
-
-/// The queue message for one event, and its trace id.
-fn outgoing(event: &NormalizedEvent, trace_id: String) -> Outgoing {
-    // Identical content gives the same id: a client retry inside the duplicate window is
-    // stored once.
-    let (payload, msg_id) = envelope::encode_with_id(&trace_id, event);
-    let payload = Bytes::from(payload);
-    Outgoing {
-        msg_id,
-        trace_id,
-        payload,
-    }
 }

@@ -10,11 +10,13 @@
 //! [`body`]. Every role also serves the status page ([`page`], `GET /`), and every response
 //! is counted by route and status class ([`observe`]).
 
+pub mod accept;
 pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod mqtt;
 pub mod observe;
 pub mod page;
 pub mod rate;
@@ -88,6 +90,8 @@ pub struct Collector<Q, S> {
     pub(crate) dlq_cache: tokio::sync::Mutex<health::DlqByReason>,
     /// Last list of the newest dead letters (the status page).
     pub(crate) letters_cache: tokio::sync::Mutex<page::LettersCache>,
+    /// The MQTT listener, once bound (health and the status page show it).
+    pub(crate) mqtt: std::sync::OnceLock<mqtt::Listening>,
 }
 
 /// Settings of the HTTP side, besides queue and store.
@@ -141,6 +145,7 @@ impl<Q: Queue, S: Store> Collector<Q, S> {
             health_cache: tokio::sync::Mutex::new(None),
             dlq_cache: tokio::sync::Mutex::new(health::DlqByReason::default()),
             letters_cache: tokio::sync::Mutex::new(page::LettersCache::default()),
+            mqtt: std::sync::OnceLock::new(),
         })
     }
 

@@ -78,6 +78,7 @@ pub async fn status<Q: Queue, S: Store>(State(app): State<Arc<Collector<Q, S>>>)
             "dlq": m.event_total(EventStatus::Dlq),
         },
         "oldest_age_ms": stats.map(|s| s.oldest_age_ms),
+        "mqtt": app.mqtt_json(),
         "newest_dead_letters": letters,
     }))
     .into_response()

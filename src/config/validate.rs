@@ -29,6 +29,7 @@ impl Settings {
         self.validate_tls()?;
         self.validate_http()?;
         self.http.validate_auth()?;
+        self.mqtt.validate()?;
         self.validate_worker()?;
         self.validate_queue()?;
         positive_duration("DB_TIMEOUT", self.db.db_timeout)?;

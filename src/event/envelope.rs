@@ -113,6 +113,12 @@ pub fn decode_with(bytes: &[u8], window: TimeWindow) -> Result<Decoded, DecodeEr
         Some(Value::String(s)) => Some(std::mem::take(s)),
         _ => None,
     };
+    if let Some(Value::String(reason)) = map.get("rejected") {
+        return Err(DecodeError {
+            error_type: VALIDATION_ERROR,
+            reason: format!("refused by the collector: {reason}"),
+        });
+    }
     let event = match map.remove("event") {
         Some(event @ Value::Object(_)) => event,
         Some(_) => {
@@ -173,6 +179,49 @@ pub fn encode_with_id(trace_id: &str, event: &NormalizedEvent) -> (Vec<u8>, Stri
         .expect("an optional string serializes into a Vec");
     out.push(b'}');
     (out, id)
+}
+
+/// How an event reached the collector; recorded in the envelope as `"transport"` for every
+/// transport but HTTP (absent = HTTP, so older messages decode unchanged; decoders ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    Mqtt,
+}
+
+/// [`encode_with_id`], with `"transport":"MQTT"` added for MQTT (the id is the same: a
+/// resend over another transport is still the same event).
+pub fn encode_with_id_via(
+    trace_id: &str,
+    event: &NormalizedEvent,
+    transport: Transport,
+) -> (Vec<u8>, String) {
+    let (mut out, id) = encode_with_id(trace_id, event);
+    if transport == Transport::Mqtt && out.pop() == Some(b'}') {
+        out.extend_from_slice(br#","transport":"MQTT"}"#);
+    }
+    (out, id)
+}
+
+/// A payload the collector refused but must not drop (MQTT 3.1.1 has no negative ack):
+/// `{"trace_id":..,"transport":"MQTT","rejected":"<reason>","payload":"<raw, lossy UTF-8>"}`.
+/// [`decode`] turns any message with a string `rejected` into a permanent
+/// `validation_error` with that reason, whoever published it: it can only become a dead
+/// letter. The id hashes payload and reason, so a resend is stored once.
+pub fn encode_rejected(trace_id: &str, payload: &[u8], reason: &str) -> (Vec<u8>, String) {
+    let mut h = Sha256::new();
+    h.update(b"rejected\0");
+    h.update(reason.as_bytes());
+    h.update(b"\0");
+    h.update(payload);
+    let id = hex::encode(&h.finalize()[..16]);
+    let body = serde_json::json!({
+        "trace_id": trace_id,
+        "transport": "MQTT",
+        "rejected": reason,
+        "payload": String::from_utf8_lossy(payload),
+    });
+    (body.to_string().into_bytes(), id)
 }
 
 /// Deduplication id for the queue (`Nats-Msg-Id`): the first 32 hex characters of the

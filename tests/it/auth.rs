@@ -128,7 +128,7 @@ async fn settled(env: &TestEnv, app: &RunningApp, rows: u64) {
 
 /// A token row written straight through the store (an expired one, which the CLI cannot
 /// make).
-struct Insert(NewToken);
+pub(crate) struct Insert(pub NewToken);
 impl AsyncStoreFn<()> for Insert {
     async fn call<S: Store>(self, s: S) {
         s.create_token(&self.0).await.expect("insert token");

@@ -74,6 +74,7 @@ function showStatus(s, at) {
   set("commit-rate", rate(now, last, "success", secs));
   last = now;
   set("oldest", age(s.oldest_age_ms));
+  set("mqtt-clients", s.mqtt ? s.mqtt.clients + " on " + s.mqtt.listen : "off");
   const letters = s.newest_dead_letters || [];
   fill(document.getElementById("letters"), letters.map((d) => [
     [String(d.seq), "seq"], [d.time || "", "time"], [d.error_type, "error-type"], [d.reason, "reason"],
