@@ -152,8 +152,11 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 8192;
 /// Page cache of the writer connection, in KiB (SQLite's `cache_size = -N`).
 const WRITER_CACHE_KIB: u32 = 65536;
 
-/// Page cache of the read-only connection, in KiB.
-const READER_CACHE_KIB: u32 = 65536;
+/// Page cache of the read-only connection, in KiB. Its queries (`latest`, `count_rows`,
+/// the registry) are small or scans that would only evict each other; a scan of the whole
+/// table (`count_rows`) filled 64 MiB here for nothing. Together with the writer's and the
+/// queue's (32 MiB) caches this bounds SQLite's memory at 112 MiB, whatever the file sizes.
+const READER_CACHE_KIB: u32 = 16384;
 
 /// Connection settings. The first statement reads the file header, so a file that is not
 /// a database fails here.
