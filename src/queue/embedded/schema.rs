@@ -93,6 +93,12 @@ pub(super) fn open(path: &Path) -> Result<Connection, QueueError> {
     Ok(conn)
 }
 
+/// WAL pages (4 KiB) between automatic checkpoints: 32 MiB.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 8192;
+
+/// The queue connection's page cache, in KiB (SQLite's `cache_size = -N`).
+const CACHE_KIB: u32 = 32768;
+
 /// Connection settings. The first statement reads the file header, so this is also where
 /// a corrupt or foreign file is detected.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -110,12 +116,19 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // kernel crash is the OS's and the disk's promise (WAL is fsynced at checkpoints).
     // That is the same trade JetStream makes with its default 2-minute sync interval;
     // `synchronous=FULL` would fsync every group commit at a large cost in throughput.
-    conn.execute_batch(
+    // Checkpoints (copying WAL pages into the file, then two fsyncs) run every
+    // `WAL_AUTOCHECKPOINT_PAGES` pages instead of SQLite's 1,000: a message is written and
+    // deleted within seconds, so the same pages are rewritten many times between
+    // checkpoints and copied once (issue 13: checkpoints were 16 % of the embedded CPU at
+    // 1,000 pages). The cost: the WAL, the part a power loss may lose, holds up to ~32 MiB
+    // (a few seconds of full-speed ingest) instead of ~4 MiB.
+    conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL;
          PRAGMA temp_store = MEMORY;
          PRAGMA journal_size_limit = 67108864;
-         PRAGMA cache_size = -32768;",
-    )?;
+         PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};
+         PRAGMA cache_size = -{CACHE_KIB};"
+    ))?;
     // The thread prepares a handful of statements; keep them all cached.
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())
