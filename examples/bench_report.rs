@@ -665,6 +665,7 @@ fn main() -> Result<()> {
     )?;
 
     issue13_section(w, d, &meta, &runs, up_best, drain_rows_per_s)?;
+    mqtt_section(w, d, &runs)?;
 
     // Carried-over sections.
     writeln!(w, "{KEEP_MARKER}\n")?;
@@ -996,5 +997,78 @@ fn issue13_section(
             )
         }
     )?;
+    Ok(())
+}
+
+/// `## MQTT QoS 1 beside HTTP single-event (issue 14)`: `examples/mqtt_load` into the MQTT
+/// listener of the same `serve` that the HTTP single-event run used, right after it.
+fn mqtt_section(w: &mut String, d: &Path, runs: &[(&str, &str, Value)]) -> Result<()> {
+    let pairs = [
+        ("scale-out `serve`", "so-single", "so-mqtt"),
+        ("embedded `serve`", "emb-single", "emb-mqtt"),
+    ];
+    if pairs.iter().all(|(_, _, m)| read_json(d, m).is_null()) {
+        return Ok(());
+    }
+    writeln!(
+        w,
+        "## MQTT QoS 1 beside HTTP single-event (same run, same `serve`)\n"
+    )?;
+    writeln!(
+        w,
+        "MQTT: `examples/mqtt_load.rs` (rumqttc), QoS 1 publishes of one event (3 metrics, so 3 rows, as HTTP's) to \
+         `nsready/ingest`; a PUBACK is sent only once the queue holds the event durably, so \
+         acknowledged events/s is the figure to compare with HTTP's 200s. HTTP: `nsready loadgen`, \
+         single-event POSTs. CPU: nsready's own process time \
+         (/proc utime + stime) per 1,000 events, the client excluded. Rows check: the serve's \
+         `ingest_rows_total` grew by at least 3 rows per acknowledged event once its queue was empty.\n"
+    )?;
+    writeln!(
+        w,
+        "| deployment | path | in flight | events/s (acknowledged) | ack / POST latency p50 / p99 (ms) | nsready CPU ms per 1,000 events | rows check |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|---|")?;
+    let get = |name: &str| {
+        runs.iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, v)| v.clone())
+            .unwrap_or(Value::Null)
+    };
+    let cpu_per_k = |name: &str, events: Option<f64>| -> String {
+        let c = read_json(d, &format!("{name}.cpu"));
+        match (c["nsready_s"].as_f64(), events) {
+            (Some(s), Some(e)) if e > 0.0 => format!("{:.0}", 1000.0 * 1000.0 * s / e),
+            _ => "-".into(),
+        }
+    };
+    for (label, http, mqtt) in pairs {
+        let h = get(http);
+        let m = read_json(d, mqtt);
+        writeln!(
+            w,
+            "| {label} | HTTP single-event | {} | {} | {} / {} | {} | {} |",
+            h["concurrency"].as_u64().unwrap_or(0),
+            num(&h["accepted_events_per_s"]),
+            ms(&h["latency_ms"]["p50"]),
+            ms(&h["latency_ms"]["p99"]),
+            cpu_per_k(http, h["accepted_events"].as_f64()),
+            h["verification"]["status"].as_str().unwrap_or("-"),
+        )?;
+        let in_flight = m["connections"].as_u64().unwrap_or(0) * m["window"].as_u64().unwrap_or(0);
+        writeln!(
+            w,
+            "| {label} | MQTT QoS 1 | {} connections × {} = {in_flight} | {} | {} / {} | {} | {} ({} rows for {} acknowledged events) |",
+            m["connections"].as_u64().unwrap_or(0),
+            m["window"].as_u64().unwrap_or(0),
+            num(&m["acked_per_s"]),
+            ms(&m["ack_p50_ms"]),
+            ms(&m["ack_p99_ms"]),
+            cpu_per_k(mqtt, m["acked"].as_f64()),
+            m["status"].as_str().unwrap_or("-"),
+            num(&m["rows"]),
+            num(&m["acked"]),
+        )?;
+    }
+    writeln!(w)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! MQTT QoS 1 load client for `scripts/bench`: N connections (rumqttc), each keeping a
 //! Receive-Maximum-sized window of QoS 1 publishes in flight to `nsready/ingest` for a
-//! fixed time; prints one JSON line: events/s sent and acknowledged (PUBACK = the queue
+//! fixed time, each event with 3 metrics (3 rows, like `nsready loadgen --metrics 3`);
+//! prints one JSON line: events/s sent and acknowledged (PUBACK = the queue
 //! holds it durably), ack latency p50/p99.
 //!
 //! usage: mqtt_load --port 1883 [--host 127.0.0.1] [--connections 8] [--window 64]
@@ -39,7 +40,7 @@ fn payload(conn: u64, seq: u64) -> String {
         demo_ids::DEVICE_01_1,
     );
     format!(
-        r#"{{"project_id":"{p}","site_id":"{s}","device_id":"{d}","protocol":"MQTT","source_timestamp":"{}","metrics":[{{"parameter_key":"project:{p}:voltage","value":{seq},"quality":192}}]}}"#,
+        r#"{{"project_id":"{p}","site_id":"{s}","device_id":"{d}","protocol":"MQTT","source_timestamp":"{}","metrics":[{{"parameter_key":"project:{p}:voltage","value":{seq},"quality":192}},{{"parameter_key":"project:{p}:current","value":{seq},"quality":192}},{{"parameter_key":"project:{p}:power","value":{seq},"quality":192}}]}}"#,
         ts.format("%Y-%m-%dT%H:%M:%S%.3fZ")
     )
 }
