@@ -1,6 +1,7 @@
 //! MQTT identity and limits, with real clients (`mosquitto_pub`; raw TCP for the silent
 //! client): INGEST_AUTH=token logins (good, bad, expired; another device's event), the
-//! oversized packet, the keep-alive (1.5 x), and a 5 client past Receive Maximum.
+//! oversized packet, the keep-alive (1.5 x), a 5 client past Receive Maximum, the
+//! connection cap and the CONNECT timeout.
 
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
@@ -307,8 +308,13 @@ async fn oversized_silent_and_too_many_in_flight() {
         env.queue_stats().await.depth() == 0
     })
     .await;
-    let rows = env.row_count().await;
-    assert!(rows >= 1, "the last event landed");
+    // Every acknowledged publish of the burst is a row, and the last event; nothing else
+    // (the burst's unacknowledged ones may have landed before the DISCONNECT, never twice).
+    let rows = env.row_count().await as usize;
+    assert!(
+        rows > acks && rows <= 41,
+        "{rows} rows for {acks} acknowledged burst publishes + 1"
+    );
     assert!(env.dead_letters().await.is_empty());
     app.stop().await;
 }
@@ -363,5 +369,196 @@ async fn mqtt_over_tls_with_the_http_certificate() {
     );
     assert!(!text(&o).contains("received PUBACK"), "{}", text(&o));
     wait_until("one row", SETTLE, || async { env.row_count().await == 1 }).await;
+    app.stop().await;
+}
+
+/// Reads until the peer closes: the bytes it sent before (the read timeout of the stream
+/// bounds the wait; a timeout fails the test).
+fn until_closed(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("closed by the server, not timed out");
+    got
+}
+
+/// A 3.1.1 QoS 1 PUBLISH of `payload` to `nsready/ingest` with packet id `pkid`.
+fn publish_311(pkid: u16, payload: &str) -> Vec<u8> {
+    let topic = b"nsready/ingest";
+    let mut l = 2 + topic.len() + 2 + payload.len();
+    let mut publish = vec![0x32u8];
+    loop {
+        let mut b = (l % 128) as u8;
+        l /= 128;
+        if l > 0 {
+            b |= 0x80;
+        }
+        publish.push(b);
+        if l == 0 {
+            break;
+        }
+    }
+    publish.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    publish.extend_from_slice(topic);
+    publish.extend_from_slice(&pkid.to_be_bytes());
+    publish.extend_from_slice(payload.as_bytes());
+    publish
+}
+
+/// 3.1.1 CONNECT with clean session, keep-alive 60 s and a one-letter client id.
+fn connect_311(id: u8) -> [u8; 15] {
+    [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, id,
+    ]
+}
+
+/// MQTT_MAX_CONNECTIONS: with the cap held by two logged-in clients, a third gets no
+/// CONNACK until one of them leaves (the listener stops accepting; nothing is refused
+/// with a half-open session); MQTT_CONNECT_TIMEOUT: a client that connects and never
+/// sends CONNECT loses its slot. Ends by counting: the event published through the freed
+/// slot is the one row, the gauge is back to what is connected, the process serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_and_connect_timeout() {
+    let env = TestEnv::new(Kind::Embedded);
+    env.import_demo().await;
+    let (port, listen) = mqtt_listen();
+    let app = env
+        .start(
+            Role::Serve,
+            &[
+                "--mqtt-listen",
+                &listen,
+                "--mqtt-max-connections",
+                "2",
+                "--mqtt-connect-timeout",
+                "1",
+            ],
+        )
+        .await;
+    let open = |id: u8| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(&connect_311(id)).expect("CONNECT");
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).expect("CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0], "client {id} accepted");
+        s
+    };
+    // A silent TCP client (no CONNECT) is closed at the CONNECT timeout, having been
+    // sent nothing.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    assert!(
+        until_closed(&mut silent).is_empty(),
+        "no CONNACK without a CONNECT"
+    );
+
+    let a = open(b'a');
+    let _b = open(b'b');
+    wait_until("two MQTT connections counted", SETTLE, || async {
+        app.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("nsready_mqtt_connections") && l.ends_with(" 2"))
+    })
+    .await;
+    // The third client's CONNECT waits in the kernel's backlog: no answer while the cap
+    // is held.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.write_all(&connect_311(b'c')).expect("CONNECT");
+    c.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut connack = [0u8; 4];
+    let held = c.read_exact(&mut connack);
+    assert!(
+        held.is_err(),
+        "no CONNACK beyond MQTT_MAX_CONNECTIONS: {connack:x?}"
+    );
+    drop(a);
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    c.read_exact(&mut connack)
+        .expect("CONNACK once a slot is free");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // The freed slot serves: a QoS 1 publish from c is acknowledged and lands.
+    let payload = event(7, &[("voltage", 1.0)]).to_string();
+    c.write_all(&publish_311(1, &payload)).expect("PUBLISH");
+    let mut puback = [0u8; 4];
+    c.read_exact(&mut puback).expect("PUBACK");
+    assert_eq!(puback, [0x40, 2, 0, 1]);
+    wait_until("queue empty", SETTLE, || async {
+        env.queue_stats().await.depth() == 0
+    })
+    .await;
+    assert_eq!(env.row_count().await, 1, "accepted = rows");
+    assert!(env.dead_letters().await.is_empty());
+    app.stop().await;
+}
+
+/// Clean shutdown finishes the acks in flight: a QoS 1 publish whose JetStream ack is held
+/// up (nats-server SIGSTOPped) when the shutdown starts still gets its PUBACK once NATS
+/// answers, inside SHUTDOWN_TIMEOUT, and the process then stops. Ends by counting: after a
+/// restart drains the queue the acknowledged event is exactly one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_ack_in_flight() {
+    let env = TestEnv::new(Kind::ScaleOut);
+    env.import_demo().await;
+    let (port, listen) = mqtt_listen();
+    let args = [
+        "--mqtt-listen",
+        listen.as_str(),
+        "--publish-timeout",
+        "20",
+        "--shutdown-timeout",
+        "25",
+    ];
+    let app = env.start(Role::Serve, &args).await;
+    let nats_pid = env
+        .nats
+        .as_ref()
+        .and_then(|n| n.pid())
+        .expect("nats-server runs") as libc::pid_t;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    s.write_all(&connect_311(b'z')).expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+
+    // SAFETY: signals to the nats-server this test started; SIGCONT follows below.
+    unsafe { libc::kill(nats_pid, libc::SIGSTOP) };
+    let payload = event(11, &[("voltage", 1.0)]).to_string();
+    s.write_all(&publish_311(9, &payload)).expect("PUBLISH");
+    // Let the connection read the publish and hand it to the queue, then stop the app
+    // while the queue's ack cannot come.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(nats_pid, libc::SIGCONT) };
+    let mut puback = [0u8; 4];
+    s.read_exact(&mut puback)
+        .expect("the PUBACK of the publish in flight at shutdown");
+    assert_eq!(puback, [0x40, 2, 0, 9]);
+    assert!(
+        until_closed(&mut s).is_empty(),
+        "then closed, nothing else sent"
+    );
+    stopping.await.expect("the app stopped");
+
+    // Count: the acknowledged event is one row once a new serve drains the queue.
+    let app = env.start(Role::Serve, &args).await;
+    wait_until("queue empty", SETTLE, || async {
+        env.queue_stats().await.depth() == 0
+    })
+    .await;
+    wait_until("the acknowledged event landed", SETTLE, || async {
+        env.row_count().await == 1
+    })
+    .await;
+    assert!(env.dead_letters().await.is_empty());
     app.stop().await;
 }
