@@ -36,6 +36,23 @@ pub fn mosquitto_pub(port: u16, args: &[&str]) -> Output {
         .expect("mosquitto_pub runs (apt-get install mosquitto-clients)")
 }
 
+/// `mosquitto_pub -V <version> -q 1 -t nsready/ingest -m <message>`.
+pub fn pub_q1(port: u16, version: &str, message: &str) -> Output {
+    mosquitto_pub(
+        port,
+        &[
+            "-V",
+            version,
+            "-q",
+            "1",
+            "-t",
+            "nsready/ingest",
+            "-m",
+            message,
+        ],
+    )
+}
+
 /// stdout + stderr of a client run, for assertions and failure messages.
 pub fn text(o: &Output) -> String {
     format!(
@@ -98,19 +115,7 @@ async fn golden_path_single_and_batch_on_311_and_5(kind: Kind) {
     }
     // A DUP-style resend of the same content is stored once (content-hash id).
     let again = event(0, &[("voltage", 230.0)]).to_string();
-    let o = mosquitto_pub(
-        port,
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "nsready/ingest",
-            "-m",
-            &again,
-        ],
-    );
+    let o = pub_q1(port, "mqttv5", &again);
     assert!(text(&o).contains("received PUBACK"), "{}", text(&o));
     wait_until("every event a row", SETTLE, || async {
         env.row_count().await == sent
@@ -147,36 +152,12 @@ async fn invalid_payloads_refused_on_5_and_dead_lettered_on_311(kind: Kind) {
     bad.as_object_mut().map(|o| o.remove("project_id"));
     let bad = bad.to_string();
     // 5: PUBACK 0x99 (153) with a reason string naming the field; nothing stored.
-    let o = mosquitto_pub(
-        port,
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "nsready/ingest",
-            "-m",
-            &bad,
-        ],
-    );
+    let o = pub_q1(port, "mqttv5", &bad);
     let t = text(&o);
     assert!(t.contains("RC:153"), "{t}");
     assert!(t.contains("project_id"), "{t}");
     // 3.1.1: PUBACK, and the payload is in the DLQ with its validation reason.
-    let o = mosquitto_pub(
-        port,
-        &[
-            "-V",
-            "mqttv311",
-            "-q",
-            "1",
-            "-t",
-            "nsready/ingest",
-            "-m",
-            &bad,
-        ],
-    );
+    let o = pub_q1(port, "mqttv311", &bad);
     let t = text(&o);
     assert!(t.contains("received PUBACK"), "{t}");
     wait_until("one dead letter", SETTLE, || async {

@@ -12,7 +12,7 @@ use nsready::store::NewToken;
 use uuid::Uuid;
 
 use crate::auth::Insert;
-use crate::mqtt::{mosquitto_pub, mqtt_listen, text};
+use crate::mqtt::{mosquitto_pub, mqtt_listen, pub_q1, text};
 use crate::support::app::{Kind, TestEnv, wait_until};
 use crate::support::{event, event_for};
 
@@ -183,19 +183,7 @@ async fn oversized_silent_and_too_many_in_flight() {
         .await;
     // Oversized single-topic payload (under the packet limit): 5 → 0x99 naming the limit.
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(3000));
-    let o = mosquitto_pub(
-        port,
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "nsready/ingest",
-            "-m",
-            &big,
-        ],
-    );
+    let o = pub_q1(port, "mqttv5", &big);
     let t = text(&o);
     assert!(
         t.contains("RC:153") && t.contains("INGEST_MAX_BODY_BYTES"),
@@ -257,20 +245,8 @@ async fn oversized_silent_and_too_many_in_flight() {
     for pkid in 1u16..=40 {
         let payload = event(1000 + i64::from(pkid), &[("voltage", 1.0)]).to_string();
         let topic = b"nsready/ingest";
-        let len = 2 + topic.len() + 2 + 1 + payload.len();
         burst.push(0x32);
-        let mut l = len;
-        loop {
-            let mut b = (l % 128) as u8;
-            l /= 128;
-            if l > 0 {
-                b |= 0x80;
-            }
-            burst.push(b);
-            if l == 0 {
-                break;
-            }
-        }
+        remaining_length(&mut burst, 2 + topic.len() + 2 + 1 + payload.len());
         burst.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         burst.extend_from_slice(topic);
         burst.extend_from_slice(&pkid.to_be_bytes());
@@ -363,10 +339,7 @@ async fn mqtt_over_tls_with_the_http_certificate() {
         ],
     );
     assert!(text(&o).contains("RC:0)"), "{}", text(&o));
-    let o = mosquitto_pub(
-        port,
-        &["-V", "mqttv5", "-q", "1", "-t", "nsready/ingest", "-m", &e],
-    );
+    let o = pub_q1(port, "mqttv5", &e);
     assert!(!text(&o).contains("received PUBACK"), "{}", text(&o));
     wait_until("one row", SETTLE, || async { env.row_count().await == 1 }).await;
     app.stop().await;
@@ -381,22 +354,26 @@ fn until_closed(s: &mut std::net::TcpStream) -> Vec<u8> {
     got
 }
 
-/// A 3.1.1 QoS 1 PUBLISH of `payload` to `nsready/ingest` with packet id `pkid`.
-fn publish_311(pkid: u16, payload: &str) -> Vec<u8> {
-    let topic = b"nsready/ingest";
-    let mut l = 2 + topic.len() + 2 + payload.len();
-    let mut publish = vec![0x32u8];
+/// MQTT's variable-length "remaining length" (7 bits a byte, high bit = more).
+fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
     loop {
-        let mut b = (l % 128) as u8;
-        l /= 128;
-        if l > 0 {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
             b |= 0x80;
         }
-        publish.push(b);
-        if l == 0 {
+        out.push(b);
+        if len == 0 {
             break;
         }
     }
+}
+
+/// A 3.1.1 QoS 1 PUBLISH of `payload` to `nsready/ingest` with packet id `pkid`.
+fn publish_311(pkid: u16, payload: &str) -> Vec<u8> {
+    let topic = b"nsready/ingest";
+    let mut publish = vec![0x32u8];
+    remaining_length(&mut publish, 2 + topic.len() + 2 + payload.len());
     publish.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     publish.extend_from_slice(topic);
     publish.extend_from_slice(&pkid.to_be_bytes());

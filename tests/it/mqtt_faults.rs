@@ -8,7 +8,7 @@ use std::time::Duration;
 use nsready::app::Role;
 
 use crate::both_deployments;
-use crate::mqtt::{mosquitto_pub, mqtt_listen, text};
+use crate::mqtt::{mqtt_listen, pub_q1, text};
 use crate::support::app::{Kind, TestEnv, wait_until};
 use crate::support::event;
 
@@ -37,43 +37,16 @@ async fn full_queue_gets_no_puback_and_the_resend_lands_once(kind: Kind) {
     let app = env.start(Role::Serve, &cap).await;
     for i in 0..2 {
         let e = event(i, &[("voltage", 1.0)]).to_string();
-        let o = mosquitto_pub(
-            port,
-            &["-V", "mqttv5", "-q", "1", "-t", "nsready/ingest", "-m", &e],
-        );
+        let o = pub_q1(port, "mqttv5", &e);
         assert!(acked_ok(&text(&o)), "{}", text(&o));
     }
     let third = event(2, &[("voltage", 3.0)]).to_string();
     // 5: PUBACK 0x97 Quota exceeded (151), not success.
-    let o = mosquitto_pub(
-        port,
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "nsready/ingest",
-            "-m",
-            &third,
-        ],
-    );
+    let o = pub_q1(port, "mqttv5", &third);
     let t = text(&o);
     assert!(t.contains("RC:151"), "{t}");
     // 3.1.1: no PUBACK at all; the connection is closed so the client resends later.
-    let o = mosquitto_pub(
-        port,
-        &[
-            "-V",
-            "mqttv311",
-            "-q",
-            "1",
-            "-t",
-            "nsready/ingest",
-            "-m",
-            &third,
-        ],
-    );
+    let o = pub_q1(port, "mqttv311", &third);
     let t = text(&o);
     assert!(!t.contains("received PUBACK"), "{t}");
     env.import_demo().await;
@@ -87,19 +60,7 @@ async fn full_queue_gets_no_puback_and_the_resend_lands_once(kind: Kind) {
     .await;
     // The resend (twice: a DUP-like repeat) is acknowledged and stored once.
     for _ in 0..2 {
-        let o = mosquitto_pub(
-            port,
-            &[
-                "-V",
-                "mqttv311",
-                "-q",
-                "1",
-                "-t",
-                "nsready/ingest",
-                "-m",
-                &third,
-            ],
-        );
+        let o = pub_q1(port, "mqttv311", &third);
         assert!(text(&o).contains("received PUBACK"), "{}", text(&o));
     }
     wait_until("three rows", SETTLE, || async {
@@ -132,26 +93,11 @@ async fn nats_stopped_gets_no_puback_and_the_resend_lands_once() {
     nats.stop();
     let e = event(0, &[("voltage", 7.0)]).to_string();
     // 5: an error reason code (0x80 unspecified, or 0x97 when the client reports full).
-    let o = mosquitto_pub(
-        port,
-        &["-V", "mqttv5", "-q", "1", "-t", "nsready/ingest", "-m", &e],
-    );
+    let o = pub_q1(port, "mqttv5", &e);
     let t = text(&o);
     assert!(t.contains("RC:128") || t.contains("RC:151"), "{t}");
     // 3.1.1: no PUBACK.
-    let o = mosquitto_pub(
-        port,
-        &[
-            "-V",
-            "mqttv311",
-            "-q",
-            "1",
-            "-t",
-            "nsready/ingest",
-            "-m",
-            &e,
-        ],
-    );
+    let o = pub_q1(port, "mqttv311", &e);
     let t = text(&o);
     assert!(!t.contains("received PUBACK"), "{t}");
     assert_eq!(env.row_count().await, 0);
@@ -159,19 +105,7 @@ async fn nats_stopped_gets_no_puback_and_the_resend_lands_once() {
     // The client resends until acknowledged (the collector reconnects to NATS meanwhile).
     let mut acked = false;
     for _ in 0..30 {
-        let o = mosquitto_pub(
-            port,
-            &[
-                "-V",
-                "mqttv311",
-                "-q",
-                "1",
-                "-t",
-                "nsready/ingest",
-                "-m",
-                &e,
-            ],
-        );
+        let o = pub_q1(port, "mqttv311", &e);
         if text(&o).contains("received PUBACK") {
             acked = true;
             break;

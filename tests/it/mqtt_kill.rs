@@ -58,8 +58,16 @@ async fn kill_9_while_paho_streams_loses_no_acked_event(kind: Kind) {
     let out = env.dir.path().join("acked.txt");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt/paho_stream.py");
     let base = event(0, &[("voltage", 1.0)]).to_string();
-    let client = Command::new("python3")
-        .args([script, &port.to_string(), &EVENTS.to_string()])
+    // `timeout`: the script ends by itself after its 90 s wait; this bounds a client that
+    // hangs for any other reason, so the test fails instead of stalling the suite.
+    let client = Command::new("timeout")
+        .args([
+            "150",
+            "python3",
+            script,
+            &port.to_string(),
+            &EVENTS.to_string(),
+        ])
         .arg(&out)
         .args([&base, "90"])
         .stdout(Stdio::piped())

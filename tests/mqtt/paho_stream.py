@@ -20,19 +20,30 @@ port, n, out, base, wait = (
     json.loads(sys.argv[4]),
     float(sys.argv[5]),
 )
+# Our lock is never held while calling into paho: paho calls on_publish with its own
+# message mutex held, so holding `lock` around c.publish() would deadlock the two threads.
+# An ack that arrives before publish() returned its mid waits in early_acks.
 lock = threading.Lock()
 mid_to_i = {}
+early_acks = set()
 acked = set()
 f = open(out, "a", encoding="utf-8")
+
+
+def record(i):
+    if i not in acked:
+        acked.add(i)
+        f.write(f"{i}\n")
+        f.flush()
 
 
 def on_publish(client, userdata, mid, reason_code, properties):
     with lock:
         i = mid_to_i.get(mid)
-        if i is not None and i not in acked:
-            acked.add(i)
-            f.write(f"{i}\n")
-            f.flush()
+        if i is None:
+            early_acks.add(mid)
+        else:
+            record(i)
 
 
 c = mqtt.Client(
@@ -51,9 +62,12 @@ t0 = datetime.datetime(2025, 11, 14, 12, 0, 0, tzinfo=datetime.timezone.utc)
 for i in range(n):
     ev = dict(base)
     ev["source_timestamp"] = (t0 + datetime.timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    info = c.publish("nsready/ingest", json.dumps(ev), qos=1)
     with lock:
-        info = c.publish("nsready/ingest", json.dumps(ev), qos=1)
         mid_to_i[info.mid] = i
+        if info.mid in early_acks:
+            early_acks.discard(info.mid)
+            record(i)
     time.sleep(0.004)
 deadline = time.time() + wait
 while time.time() < deadline:
