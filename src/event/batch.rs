@@ -43,9 +43,7 @@ fn item(text: &[u8], line_offset: usize, clock: &Clock, max_item: usize) -> Item
     if text.len() > max_item {
         return Err(too_large(text.len(), max_item));
     }
-    parse::json_value(text, line_offset)
-        .map_err(body_rejection)
-        .and_then(|v| parse::event_from_owned(v, clock))
+    parse::event_from_bytes(text, line_offset, clock)
 }
 
 /// A JSON array of event objects; `each(index, item)` is called for every item in order.

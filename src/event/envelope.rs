@@ -9,11 +9,11 @@ use std::fmt;
 use std::io;
 
 use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::canonical::Canonical;
-use super::parse;
+use super::parse::{self, Clock};
+use super::raw::{self, EventField, RawEnvelope, Text, Top};
 use super::{NormalizedEvent, TimeWindow};
 
 /// `error_type` of a message that is not JSON (or not UTF-8).
@@ -68,16 +68,6 @@ pub fn encode(trace_id: &str, event: &NormalizedEvent) -> Vec<u8> {
     out
 }
 
-/// Keys that mark an object without an `event` key as a bare event rather than junk.
-const EVENT_KEYS: &[&str] = &[
-    "project_id",
-    "site_id",
-    "device_id",
-    "protocol",
-    "source_timestamp",
-    "metrics",
-];
-
 /// Accepts the envelope, or a bare event object (one without an `event` key) published by
 /// another producer. A string `trace_id` beside the event is kept; any other is ignored.
 ///
@@ -102,39 +92,42 @@ pub fn decode_with(bytes: &[u8], window: TimeWindow) -> Result<Decoded, DecodeEr
             reason: "message body is empty".to_owned(),
         });
     }
-    let value = parse::json_value(bytes, 0).map_err(|reason| DecodeError {
-        error_type: JSON_DECODE,
-        reason,
-    })?;
-    let Value::Object(mut map) = value else {
-        return Err(invalid_format("message must be a JSON object"));
+    let envelope = match raw::from_slice::<RawEnvelope<'_>>(bytes) {
+        Ok(Top::Object(envelope)) => envelope,
+        Ok(Top::NotObject) => return Err(invalid_format("message must be a JSON object")),
+        Err(e) => {
+            return Err(DecodeError {
+                error_type: JSON_DECODE,
+                reason: parse::malformed_json_message(&e, 0),
+            });
+        }
     };
-    let trace_id = match map.get_mut("trace_id") {
-        Some(Value::String(s)) => Some(std::mem::take(s)),
+    let trace_id = match envelope.trace_id {
+        Text::Str(s) => Some(s.into_owned()),
         _ => None,
     };
-    if let Some(Value::String(reason)) = map.get("rejected") {
+    if let Text::Str(reason) = envelope.rejected {
         return Err(DecodeError {
             error_type: VALIDATION_ERROR,
             reason: format!("refused by the collector: {reason}"),
         });
     }
-    let event = match map.remove("event") {
-        Some(event @ Value::Object(_)) => event,
-        Some(_) => {
+    let event = match envelope.event {
+        EventField::Object(event) => event,
+        EventField::Other => {
             return Err(invalid_format(
                 "envelope field \"event\" must be a JSON object",
             ));
         }
-        None if EVENT_KEYS.iter().any(|k| map.contains_key(*k)) => Value::Object(map),
-        None => {
+        EventField::Absent if envelope.top.has_event_fields() => envelope.top,
+        EventField::Absent => {
             return Err(invalid_format(
                 "message is neither an envelope with an \"event\" object nor an event",
             ));
         }
     };
     let event =
-        NormalizedEvent::from_owned_value_with(event, window).map_err(|rejection| DecodeError {
+        parse::event_from_raw(event, &Clock::now(window)).map_err(|rejection| DecodeError {
             error_type: VALIDATION_ERROR,
             reason: rejection.detail(),
         })?;

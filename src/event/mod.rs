@@ -19,6 +19,7 @@ mod canonical;
 pub mod envelope;
 pub mod limits;
 mod parse;
+mod raw;
 #[cfg(test)]
 mod tests;
 
@@ -181,8 +182,7 @@ impl NormalizedEvent {
         if parse::is_blank(bytes) {
             return Err(parse::body_rejection(parse::MSG_EMPTY_BODY));
         }
-        let value = parse::json_value(bytes, 0).map_err(parse::body_rejection)?;
-        parse::event_from_owned(value, clock)
+        parse::event_from_bytes(bytes, 0, clock)
     }
 
     /// Parses one event from an already-decoded JSON value.
@@ -190,29 +190,7 @@ impl NormalizedEvent {
     /// # Errors
     /// As [`NormalizedEvent::parse`], without the JSON syntax errors.
     pub fn from_value(value: &serde_json::Value) -> Result<NormalizedEvent, Rejection> {
-        if !value.is_object() {
-            return Err(parse::body_rejection(parse::MSG_BODY_OBJECT));
-        }
-        parse::event_from_owned(value.clone(), &Clock::unbounded())
-    }
-
-    /// As [`NormalizedEvent::from_value`], consuming the value (no copies).
-    ///
-    /// # Errors
-    /// As [`NormalizedEvent::from_value`].
-    pub fn from_owned_value(value: serde_json::Value) -> Result<NormalizedEvent, Rejection> {
-        parse::event_from_owned(value, &Clock::unbounded())
-    }
-
-    /// As [`NormalizedEvent::from_owned_value`], with the timestamp inside `window` now.
-    ///
-    /// # Errors
-    /// As [`NormalizedEvent::from_value`], plus a timestamp outside the window.
-    pub fn from_owned_value_with(
-        value: serde_json::Value,
-        window: TimeWindow,
-    ) -> Result<NormalizedEvent, Rejection> {
-        parse::event_from_owned(value, &Clock::now(window))
+        parse::event_from_value(value, &Clock::unbounded())
     }
 
     /// The canonical JSON form (what the queue carries; `parse` of it gives back an equal

@@ -3,14 +3,17 @@
 //! field order. Also turns JSON syntax errors into our own wording, so no message ever shows
 //! parser internals.
 //!
-//! The walker takes the [`Value`] by value and moves strings and objects out of it, so a
-//! valid event costs no copies beyond the JSON parse itself.
+//! The fields arrive captured by `raw.rs` (one pass over the bytes, no `Value` tree); strings
+//! borrowed from the input are copied only where the event keeps them.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::limits::{self, TimeWindow};
+use super::raw::{self, MetricItem, Num, Numeric, Object, RawEvent, RawMetric, Text, Top};
 use super::{FieldError, Loc, MAX_METRICS, Metric, NormalizedEvent, Rejection};
 
 /// Longest `parameter_key`, in characters.
@@ -94,12 +97,6 @@ pub(super) fn is_blank(bytes: &[u8]) -> bool {
         .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
-/// Decodes JSON bytes into a value, or explains (in our words) why they are not JSON.
-/// `line_offset` is added to the reported line (for NDJSON, where each line is parsed alone).
-pub(super) fn json_value(bytes: &[u8], line_offset: usize) -> Result<Value, String> {
-    serde_json::from_slice(bytes).map_err(|e| malformed_json_message(&e, line_offset))
-}
-
 /// "malformed JSON at line L, column C: <what is wrong>", without the parser's own wording.
 pub(super) fn malformed_json_message(err: &serde_json::Error, line_offset: usize) -> String {
     format!(
@@ -178,19 +175,18 @@ pub(super) fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// A required string: absent → "field required"; any other type (null too) → "must be a string".
-fn required_string(
-    map: &mut Map<String, Value>,
-    name: &str,
+fn required_string<'a>(
+    slot: Text<'a>,
     loc: impl FnOnce() -> Vec<Loc>,
     errors: &mut Errors,
-) -> Option<String> {
-    match map.remove(name) {
-        None => {
+) -> Option<Cow<'a, str>> {
+    match slot {
+        Text::Absent => {
             errors.push(loc(), MSG_REQUIRED);
             None
         }
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
+        Text::Str(s) => Some(s),
+        Text::Null | Text::Other => {
             errors.push(loc(), MSG_STRING);
             None
         }
@@ -198,15 +194,11 @@ fn required_string(
 }
 
 /// An optional string: absent or null → `None`.
-fn optional_string(
-    map: &mut Map<String, Value>,
-    name: &str,
-    errors: &mut Errors,
-) -> Option<String> {
-    match map.remove(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
+fn optional_string<'a>(slot: Text<'a>, name: &str, errors: &mut Errors) -> Option<Cow<'a, str>> {
+    match slot {
+        Text::Absent | Text::Null => None,
+        Text::Str(s) => Some(s),
+        Text::Other => {
             errors.push(top(name), MSG_STRING);
             None
         }
@@ -215,23 +207,22 @@ fn optional_string(
 
 /// An optional object: absent or null → `{}`.
 fn optional_object(
-    map: &mut Map<String, Value>,
-    name: &str,
+    slot: Object,
     loc: impl FnOnce() -> Vec<Loc>,
     errors: &mut Errors,
 ) -> Map<String, Value> {
-    match map.remove(name) {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m,
-        Some(_) => {
+    match slot {
+        Object::Absent | Object::Null => Map::new(),
+        Object::Map(m) => m,
+        Object::Other => {
             errors.push(loc(), MSG_OBJECT);
             Map::new()
         }
     }
 }
 
-fn uuid_field(map: &mut Map<String, Value>, name: &str, errors: &mut Errors) -> Option<Uuid> {
-    let s = required_string(map, name, || top(name), errors)?;
+fn uuid_field(slot: Text<'_>, name: &str, errors: &mut Errors) -> Option<Uuid> {
+    let s = required_string(slot, || top(name), errors)?;
     match Uuid::parse_str(&s) {
         Ok(id) => Some(id),
         Err(_) => {
@@ -244,29 +235,18 @@ fn uuid_field(map: &mut Map<String, Value>, name: &str, errors: &mut Errors) -> 
 /// `quality`: absent or null → 0. Integers 0..=255 are accepted, and so are numbers written
 /// with a zero fraction (`192.0`, as some producers print every number); `192.5`, negatives,
 /// values above 255 and non-numbers are refused.
-fn quality_of(value: Option<Value>) -> Result<u8, ()> {
-    match value {
-        None | Some(Value::Null) => Ok(0),
-        Some(Value::Number(n)) => {
-            if let Some(u) = n.as_u64() {
-                u8::try_from(u).map_err(|_| ())
-            } else if n.is_f64() {
-                match n.as_f64() {
-                    Some(f) if f.fract() == 0.0 && (0.0..=255.0).contains(&f) => Ok(f as u8),
-                    _ => Err(()),
-                }
-            } else {
-                Err(())
-            }
-        }
-        Some(_) => Err(()),
+fn quality_of(slot: Numeric) -> Result<u8, ()> {
+    match slot {
+        Numeric::Absent | Numeric::Null => Ok(0),
+        Numeric::Num(Num::U(u)) => u8::try_from(u).map_err(|_| ()),
+        Numeric::Num(Num::F(f)) if f.fract() == 0.0 && (0.0..=255.0).contains(&f) => Ok(f as u8),
+        Numeric::Num(_) | Numeric::Other => Err(()),
     }
 }
 
-fn metric(index: usize, mut map: Map<String, Value>, errors: &mut Errors) -> Option<Metric> {
+fn metric(index: usize, raw: RawMetric<'_>, errors: &mut Errors) -> Option<Metric> {
     let parameter_key = match required_string(
-        &mut map,
-        "parameter_key",
+        raw.parameter_key,
         || in_metric(index, "parameter_key"),
         errors,
     ) {
@@ -279,31 +259,26 @@ fn metric(index: usize, mut map: Map<String, Value>, errors: &mut Errors) -> Opt
                 errors.push(in_metric(index, "parameter_key"), why);
                 None
             }
-            None => Some(k),
+            None => Some(k.into_owned()),
         },
         None => None,
     };
 
-    let value = match map.remove("value") {
-        None | Some(Value::Null) => Some(None),
-        Some(Value::Number(n)) => n.as_f64().map(Some),
-        Some(_) => None,
+    let value = match raw.value {
+        Numeric::Absent | Numeric::Null => Some(None),
+        Numeric::Num(n) => Some(Some(n.as_f64())),
+        Numeric::Other => None,
     };
     if value.is_none() {
         errors.push(in_metric(index, "value"), MSG_NUMBER_OR_NULL);
     }
 
-    let quality = quality_of(map.remove("quality"));
+    let quality = quality_of(raw.quality);
     if quality.is_err() {
         errors.push(in_metric(index, "quality"), MSG_QUALITY);
     }
 
-    let attributes = optional_object(
-        &mut map,
-        "attributes",
-        || in_metric(index, "attributes"),
-        errors,
-    );
+    let attributes = optional_object(raw.attributes, || in_metric(index, "attributes"), errors);
     if let Some(why) = limits::object_violation(&attributes, limits::MAX_ATTRIBUTES_BYTES) {
         errors.push(in_metric(index, "attributes"), why);
     }
@@ -316,14 +291,21 @@ fn metric(index: usize, mut map: Map<String, Value>, errors: &mut Errors) -> Opt
     })
 }
 
-fn metrics(map: &mut Map<String, Value>, errors: &mut Errors) -> Vec<Metric> {
-    let items = match map.remove("metrics") {
-        None => {
+fn metrics(slot: raw::Metrics<'_>, errors: &mut Errors) -> Vec<Metric> {
+    let items = match slot {
+        raw::Metrics::Absent => {
             errors.push(top("metrics"), MSG_REQUIRED);
             return Vec::new();
         }
-        Some(Value::Array(items)) => items,
-        Some(_) => {
+        raw::Metrics::Items(items) => items,
+        raw::Metrics::TooMany(count) => {
+            errors.push(
+                top("metrics"),
+                format!("must contain at most {MAX_METRICS} metrics (got {count})"),
+            );
+            return Vec::new();
+        }
+        raw::Metrics::Other => {
             errors.push(top("metrics"), MSG_ARRAY);
             return Vec::new();
         }
@@ -332,21 +314,11 @@ fn metrics(map: &mut Map<String, Value>, errors: &mut Errors) -> Vec<Metric> {
         errors.push(top("metrics"), MSG_NO_METRICS);
         return Vec::new();
     }
-    if items.len() > MAX_METRICS {
-        errors.push(
-            top("metrics"),
-            format!(
-                "must contain at most {MAX_METRICS} metrics (got {})",
-                items.len()
-            ),
-        );
-        return Vec::new();
-    }
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         match item {
-            Value::Object(m) => out.extend(metric(index, m, errors)),
-            _ => errors.push(vec![key("metrics"), Loc::Index(index)], MSG_OBJECT),
+            MetricItem::Object(m) => out.extend(metric(index, m, errors)),
+            MetricItem::Other => errors.push(vec![key("metrics"), Loc::Index(index)], MSG_OBJECT),
         }
     }
     out
@@ -354,18 +326,18 @@ fn metrics(map: &mut Map<String, Value>, errors: &mut Errors) -> Vec<Metric> {
 
 /// An optional string with a length limit (and no NUL).
 fn limited_string(
-    map: &mut Map<String, Value>,
+    slot: Text<'_>,
     name: &str,
     max_chars: usize,
     errors: &mut Errors,
 ) -> Option<String> {
-    let s = optional_string(map, name, errors)?;
+    let s = optional_string(slot, name, errors)?;
     match limits::text_violation(&s, max_chars) {
         Some(why) => {
             errors.push(top(name), why);
             None
         }
-        None => Some(s),
+        None => Some(s.into_owned()),
     }
 }
 
@@ -394,19 +366,43 @@ impl Clock {
     }
 }
 
-/// Checks one decoded event, consuming it. Errors come in the schema's field order, metrics by
-/// index; a rejection lists at most [`MAX_REPORTED_ERRORS`] of them.
-pub(super) fn event_from_owned(value: Value, clock: &Clock) -> Result<NormalizedEvent, Rejection> {
-    let Value::Object(mut map) = value else {
-        return Err(body_rejection(MSG_BODY_OBJECT));
-    };
+/// Parses one event from JSON bytes in one pass (no `Value` tree): syntax errors as one
+/// error at `["body"]` (`line_offset` added to the line, for NDJSON), a non-object likewise,
+/// then [`event_from_raw`].
+pub(super) fn event_from_bytes(
+    bytes: &[u8],
+    line_offset: usize,
+    clock: &Clock,
+) -> Result<NormalizedEvent, Rejection> {
+    match raw::from_slice::<RawEvent<'_>>(bytes) {
+        Ok(Top::Object(e)) => event_from_raw(e, clock),
+        Ok(Top::NotObject) => Err(body_rejection(MSG_BODY_OBJECT)),
+        Err(e) => Err(body_rejection(malformed_json_message(&e, line_offset))),
+    }
+}
+
+/// As [`event_from_bytes`], from a JSON value already built (tests and tools).
+pub(super) fn event_from_value(value: &Value, clock: &Clock) -> Result<NormalizedEvent, Rejection> {
+    match raw::from_value::<RawEvent<'_>>(value) {
+        Top::Object(e) => event_from_raw(e, clock),
+        Top::NotObject => Err(body_rejection(MSG_BODY_OBJECT)),
+    }
+}
+
+/// Checks one captured event, consuming it. Errors come in the schema's field order, metrics
+/// by index, whatever the order of the keys in the input; a rejection lists at most
+/// [`MAX_REPORTED_ERRORS`] of them.
+pub(super) fn event_from_raw(
+    raw: RawEvent<'_>,
+    clock: &Clock,
+) -> Result<NormalizedEvent, Rejection> {
     let mut errors = Errors::default();
 
-    let project_id = uuid_field(&mut map, "project_id", &mut errors);
-    let site_id = uuid_field(&mut map, "site_id", &mut errors);
-    let device_id = uuid_field(&mut map, "device_id", &mut errors);
+    let project_id = uuid_field(raw.project_id, "project_id", &mut errors);
+    let site_id = uuid_field(raw.site_id, "site_id", &mut errors);
+    let device_id = uuid_field(raw.device_id, "device_id", &mut errors);
 
-    let protocol = match required_string(&mut map, "protocol", || top("protocol"), &mut errors) {
+    let protocol = match required_string(raw.protocol, || top("protocol"), &mut errors) {
         Some(p) => {
             let trimmed = p.trim();
             if trimmed.is_empty() {
@@ -416,7 +412,7 @@ pub(super) fn event_from_owned(value: Value, clock: &Clock) -> Result<Normalized
                 errors.push(top("protocol"), why);
                 None
             } else if trimmed.len() == p.len() {
-                Some(p)
+                Some(p.into_owned())
             } else {
                 Some(trimmed.to_owned())
             }
@@ -425,8 +421,7 @@ pub(super) fn event_from_owned(value: Value, clock: &Clock) -> Result<Normalized
     };
 
     let source_timestamp = required_string(
-        &mut map,
-        "source_timestamp",
+        raw.source_timestamp,
         || top("source_timestamp"),
         &mut errors,
     )
@@ -446,20 +441,20 @@ pub(super) fn event_from_owned(value: Value, clock: &Clock) -> Result<Normalized
         Some(ts)
     });
 
-    let metrics = metrics(&mut map, &mut errors);
+    let metrics = metrics(raw.metrics, &mut errors);
     let config_version = limited_string(
-        &mut map,
+        raw.config_version,
         "config_version",
         limits::MAX_CONFIG_VERSION_CHARS,
         &mut errors,
     );
     let event_id = limited_string(
-        &mut map,
+        raw.event_id,
         "event_id",
         limits::MAX_EVENT_ID_CHARS,
         &mut errors,
     );
-    let metadata = optional_object(&mut map, "metadata", || top("metadata"), &mut errors);
+    let metadata = optional_object(raw.metadata, || top("metadata"), &mut errors);
     if let Some(why) = limits::object_violation(&metadata, limits::MAX_METADATA_BYTES) {
         errors.push(top("metadata"), why);
     }

@@ -436,3 +436,34 @@ proptest! {
         let _ = envelope::decode(body.as_bytes());
     }
 }
+
+// ---------------------------------------------------------------- the one-pass decoder
+
+/// The typed one-pass decoder (`raw.rs`, over the bytes) and the same capture over a
+/// `Value` built first (what the parser did before issue 13) give the same answer for the
+/// same text: the same event, or the same errors.
+fn both_paths_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let typed = NormalizedEvent::parse(bytes);
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) => prop_assert_eq!(typed, NormalizedEvent::from_value(&v)),
+        Err(_) => {
+            let r = typed.expect_err("not JSON: refused");
+            prop_assert_eq!(r.errors().len(), 1);
+            prop_assert_eq!(r.errors()[0].loc.clone(), vec![Loc::Key("body".into())]);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_one_pass_decoder_agrees_with_a_value_tree(bytes in prop_oneof![
+        mutated_example(),
+        hostile_event().prop_map(|v| v.to_string().into_bytes()),
+        nasty_json().prop_map(|v| v.to_string().into_bytes()),
+    ]) {
+        both_paths_agree(&bytes)?;
+    }
+}

@@ -1,11 +1,13 @@
 //! Unit tests of the event model, by rule group: `fields.rs` (one test per rule of
 //! DESIGN.md §4, field by field), `wording.rs` (error collection and wording),
 //! `canonical.rs` (the canonical form, batches, the queue envelope and its message id),
-//! `properties.rs` (property tests: every valid event survives its canonical form and its
+//! `decoder.rs` (the one-pass decoder's
+//! edge cases), `properties.rs` (property tests: every valid event survives its canonical form and its
 //! JSON text), `hostile.rs` (the door checks of `limits.rs` and arbitrary input). This file
 //! holds the shared example and helpers.
 
 mod canonical;
+mod decoder;
 mod fields;
 mod hostile;
 mod properties;
@@ -122,4 +124,8 @@ fn noon() -> DateTime<Utc> {
 
 fn accept(v: &Value) -> NormalizedEvent {
     NormalizedEvent::from_value(v).expect("the event is valid")
+}
+
+fn accept_bytes(b: &[u8]) -> NormalizedEvent {
+    NormalizedEvent::parse(b).expect("the body is valid")
 }
