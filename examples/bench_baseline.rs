@@ -62,6 +62,11 @@ struct Args {
     /// compressing its chunks.
     #[arg(long)]
     timescale_url: Option<String>,
+    /// Only the bulk upsert on 2 connections (no COPY, no 1-connection or no-FK runs, no
+    /// TimescaleDB or JetStream): the anchor `scripts/bench` measures right before the
+    /// backlog drain, with the drain's own row count and the server in the drain's state.
+    #[arg(long)]
+    upsert_only: bool,
 }
 
 /// nsready's upsert statement (src/store/postgres/mod.rs), verbatim.
@@ -499,6 +504,19 @@ async fn main() -> Result<()> {
         let pg = connect(url).await?;
         eprintln!("baseline: building {} rows ...", args.rows);
         let batches = Arc::new(build_rows(&pg, args.rows, args.batch_rows).await?);
+        if args.upsert_only {
+            eprintln!("baseline: bulk upsert, 2 connections ...");
+            let up2 = upsert_baseline(url, &batches, 2).await?;
+            println!(
+                "{}",
+                json!({"postgres": {
+                    "rows": args.rows,
+                    "batch_rows": args.batch_rows,
+                    "upsert_platform_schema_rows_per_s_2conn": up2.round(),
+                }})
+            );
+            return Ok(());
+        }
         eprintln!("baseline: binary COPY ...");
         let copy = copy_baseline(&pg, &batches).await?;
         eprintln!("baseline: bulk upsert, 1 connection ...");
