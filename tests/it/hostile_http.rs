@@ -112,15 +112,70 @@ async fn assert_alive(app: &RunningApp) {
     assert_eq!(h["service"], "ok", "{h}");
 }
 
+/// A request that sent its head and part of its body and then stalls, holding a slot of
+/// a cap. If it reached the server while a probe request held the last slot, the server
+/// answered it (503) and it holds nothing: `restall` opens it again.
+struct StalledRequest {
+    path: &'static str,
+    content_length: usize,
+    sent: Vec<u8>,
+    sock: TcpStream,
+}
+
+impl StalledRequest {
+    async fn open(
+        app: &RunningApp,
+        path: &'static str,
+        content_length: usize,
+        sent: Vec<u8>,
+    ) -> Self {
+        let mut sock = TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .expect("connect");
+        sock.write_all(head(path, content_length).as_bytes())
+            .await
+            .expect("head");
+        sock.write_all(&sent).await.expect("part of the body");
+        Self {
+            path,
+            content_length,
+            sent,
+            sock,
+        }
+    }
+
+    /// True once the server answered or closed it (it then holds no slot).
+    fn answered(&self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.sock.try_read(&mut byte) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
+}
+
+/// Opens again every stalled request the server already answered.
+async fn restall(app: &RunningApp, stalled: &mut [StalledRequest]) {
+    for s in stalled.iter_mut() {
+        if s.answered() {
+            *s = StalledRequest::open(app, s.path, s.content_length, s.sent.clone()).await;
+        }
+    }
+}
+
 /// POSTs `event(n)` for n = 0, 1, … (pausing 50 ms between) until one is answered 503;
-/// every earlier answer must be 200. Returns how many were served, and the 503's headers
-/// and body.
+/// every earlier answer must be 200. Before each POST, the stalled requests the server
+/// answered meanwhile are opened again (one that arrived while a POST of this loop held
+/// the last slot got the 503 instead). Returns how many were served, and the 503's
+/// headers and body.
 async fn post_until_503(
     app: &RunningApp,
+    stalled: &mut [StalledRequest],
     mut event: impl FnMut(u64) -> Value,
 ) -> (u64, reqwest::header::HeaderMap, Value) {
     let started = Instant::now();
     for n in 0.. {
+        restall(app, stalled).await;
         let (status, headers, body) = app
             .post_full(
                 "/v1/ingest",
@@ -321,18 +376,11 @@ async fn over_the_inflight_cap_ingest_gets_503_with_retry_after(kind: Kind) {
     let app = env.start(Role::Serve, &["--http-max-inflight", "2"]).await;
     let mut stalled = Vec::new();
     for path in ["/v1/ingest", "/v1/ingest/batch"] {
-        let mut s = TcpStream::connect(("127.0.0.1", app.port))
-            .await
-            .expect("connect");
-        s.write_all(head(path, 1000).as_bytes())
-            .await
-            .expect("head");
-        s.write_all(b"[").await.expect("a byte of body");
-        stalled.push(s);
+        stalled.push(StalledRequest::open(&app, path, 1000, b"[".to_vec()).await);
     }
     // The stalled requests reach their handlers within moments; until then a request may
     // still be served (and counted).
-    let (served, headers, body) = post_until_503(&app, |n| one(100 + n as i64)).await;
+    let (served, headers, body) = post_until_503(&app, &mut stalled, |n| one(100 + n as i64)).await;
     assert!(headers.get("retry-after").is_some(), "{headers:?}");
     assert!(
         body["detail"]
@@ -375,22 +423,15 @@ async fn over_the_body_byte_budget_ingest_gets_503_with_retry_after(kind: Kind) 
         )
         .await;
     let mut stalled = Vec::new();
+    let mut part = vec![b' '; 62_000];
+    part[0] = b'[';
     for _ in 0..2 {
-        let mut s = TcpStream::connect(("127.0.0.1", app.port))
-            .await
-            .expect("connect");
-        s.write_all(head("/v1/ingest/batch", 64_000).as_bytes())
-            .await
-            .expect("head");
-        let mut part = vec![b' '; 62_000];
-        part[0] = b'[';
-        s.write_all(&part).await.expect("most of the body");
-        stalled.push(s);
+        stalled.push(StalledRequest::open(&app, "/v1/ingest/batch", 64_000, part.clone()).await);
     }
     let mut big = one(1);
     big["metadata"] = json!({"pad": "p".repeat(7_000)});
     // The stalled bodies may not all have arrived yet: until then the big one is served.
-    let (_, headers, body) = post_until_503(&app, |n| {
+    let (_, headers, body) = post_until_503(&app, &mut stalled, |n| {
         big["metadata"]["n"] = json!(n);
         big.clone()
     })
