@@ -77,9 +77,8 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Errors of the store. `Clone`: the embedded store's group commit answers every batch
-/// of a failed group with the same error.
-#[derive(Clone, Debug, thiserror::Error)]
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or did not answer in time (connection refused, pool
     /// timeout, shutting down). Infrastructure.

@@ -8,9 +8,6 @@
 //! lives in `registry.rs`; what the worker does with failures is not this module's
 //! business, it only classifies them ([`classify`]).
 
-mod group;
-#[cfg(test)]
-mod group_tests;
 mod registry;
 pub mod retention;
 #[cfg(test)]
@@ -45,9 +42,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bulk write: an upsert on the primary key, executed once per row inside one
 /// transaction. In SQLite this IS the bulk path: the prepared statement runs in-process
-/// with no round trip per row, and the COMMIT is what costs (so batches are committed in
-/// groups, `group.rs`); multi-row VALUES would only save the per-statement dispatch while
-/// hitting the bound-parameter limit.
+/// with no round trip per row, and the single COMMIT is what costs; multi-row VALUES
+/// would only save the per-statement dispatch while hitting the bound-parameter limit.
 const UPSERT: &str = "INSERT INTO ingest_events \
     (time, device_id, parameter_key, value, quality, source, event_id, attributes) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -71,8 +67,6 @@ struct Inner {
     writer: Mutex<Connection>,
     /// Opened read-only; reads see the last committed state without waiting for writes.
     reader: Mutex<Connection>,
-    /// Upsert batches waiting for `writer`, written together (`group.rs`).
-    waiting: group::Waiting,
     path: PathBuf,
 }
 
@@ -133,7 +127,6 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
-                waiting: group::Waiting::default(),
                 path: path.to_path_buf(),
             }),
         })
@@ -368,8 +361,33 @@ impl Store for SqliteStore {
             .iter()
             .map(RowParams::new)
             .collect::<Result<Vec<_>, _>>()?;
-        self.blocking(move |inner| group::upsert(&inner.waiting, &inner.writer, rows))
-            .await
+        self.blocking(move |inner| {
+            let mut conn = lock(&inner.writer);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(classify)?;
+            let mut written = 0u64;
+            {
+                let mut stmt = tx.prepare_cached(UPSERT).map_err(classify)?;
+                for r in &rows {
+                    written += stmt
+                        .execute(params![
+                            r.time,
+                            r.device_id,
+                            r.parameter_key,
+                            r.value,
+                            r.quality,
+                            &*r.source,
+                            r.event_id,
+                            r.attributes
+                        ])
+                        .map_err(classify)? as u64;
+                }
+            }
+            tx.commit().map_err(classify)?;
+            Ok(written)
+        })
+        .await
     }
 
     async fn log_errors(&self, entries: &[ErrorLogEntry]) -> Result<(), StoreError> {

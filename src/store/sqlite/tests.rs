@@ -9,10 +9,10 @@ use super::{SqliteStore, classify, format_time};
 use crate::registry::{self, Device, RegistryDoc, demo_ids};
 use crate::store::{ErrorLogEntry, Row, Store, StoreError};
 
-pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
+type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A migrated store holding the demo registry.
-pub(super) async fn demo_store(dir: &TempDir) -> Result<SqliteStore, StoreError> {
+async fn demo_store(dir: &TempDir) -> Result<SqliteStore, StoreError> {
     let store = SqliteStore::open(&dir.path().join("nsready.db"))?;
     store.migrate().await?;
     store.import_registry(&registry::demo()).await?;
@@ -23,13 +23,13 @@ fn key(name: &str) -> String {
     format!("project:{}:{name}", demo_ids::PROJECT_01)
 }
 
-pub(super) fn at(secs: i64) -> DateTime<Utc> {
+fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_763_121_600 + secs, 0)
         .single()
         .unwrap_or_default()
 }
 
-pub(super) fn row(device: Uuid, param: &str, time: DateTime<Utc>, value: f64) -> Row {
+fn row(device: Uuid, param: &str, time: DateTime<Utc>, value: f64) -> Row {
     Row {
         time,
         device_id: device,
@@ -43,7 +43,7 @@ pub(super) fn row(device: Uuid, param: &str, time: DateTime<Utc>, value: f64) ->
 }
 
 /// A second connection on the same file, to look at what the store wrote.
-pub(super) fn peek(dir: &TempDir) -> rusqlite::Result<rusqlite::Connection> {
+fn peek(dir: &TempDir) -> rusqlite::Result<rusqlite::Connection> {
     rusqlite::Connection::open(dir.path().join("nsready.db"))
 }
 
