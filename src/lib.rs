@@ -15,12 +15,14 @@
 //! - [`shutdown`]: the shutdown handle passed to every long-running task.
 //! - [`telemetry`]: logging setup.
 //! - [`procstat`]: this process's CPU, memory and descriptors from `/proc`, for metrics.
+//! - [`checkpointer`]: background WAL checkpoints of embedded mode's SQLite files.
 //! - [`private_fs`]: embedded mode's `DATA_DIR` 0700 and files 0600.
 
 // No unwrap() on anything input or the network can break: tests may, the service may not.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod app;
+pub mod checkpointer;
 pub mod collector;
 pub mod config;
 pub mod event;

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::command::{Answer, Command, Op};
 use self::engine::Engine;
+use crate::checkpointer::{self, Checkpointer};
 use crate::queue::{
     DeadLetter, DeadLetterReason, Delivery, DlqCounts, Outgoing, Published, Queue, QueueError,
     QueueStats,
@@ -92,6 +93,9 @@ struct Inner {
     /// Commands to the queue thread; `None` only while dropping, which closes the channel
     /// and so ends the thread.
     tx: Option<mpsc::Sender<Command>>,
+    /// Copies the WAL into the file off the queue thread (`checkpointer.rs`); stopped
+    /// first on drop, so the queue thread's connection is the last to close the file.
+    checkpointer: Option<Checkpointer>,
     /// The queue thread, joined on drop so the file is closed when the last clone is gone.
     thread: Option<std::thread::JoinHandle<()>>,
     /// Signalled by the thread after commits that make messages visible.
@@ -105,6 +109,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        drop(self.checkpointer.take());
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
             // The thread only panics on a bug; nothing is left to clean up if it did.
@@ -147,6 +152,8 @@ impl EmbeddedQueue {
     /// corrupt or not a queue database, or comes from a newer nsready.
     pub fn open(path: &Path, opts: EmbeddedQueueOptions) -> Result<Self, QueueError> {
         let conn = schema::open(path)?;
+        let checkpointer = Checkpointer::start(path, "queue", checkpointer::DEFAULT_INTERVAL)
+            .map_err(|e| QueueError::Setup(format!("queue file {}: {e}", path.display())))?;
         let notify = Arc::new(Notify::new());
         let engine = Engine::new(conn, path.to_path_buf(), &opts, Arc::clone(&notify))?;
         let publish_timeout = opts.publish_timeout;
@@ -158,6 +165,7 @@ impl EmbeddedQueue {
         Ok(EmbeddedQueue {
             inner: Arc::new(Inner {
                 tx: Some(tx),
+                checkpointer: Some(checkpointer),
                 thread: Some(thread),
                 notify,
                 waiting_pulls: AtomicU64::new(0),

@@ -93,7 +93,7 @@ pub(super) fn open(path: &Path) -> Result<Connection, QueueError> {
     Ok(conn)
 }
 
-/// WAL pages (4 KiB) between automatic checkpoints: 32 MiB.
+/// WAL pages (4 KiB) between the queue connection's own checkpoints: 32 MiB, the WAL file's bound.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 8192;
 
 /// The queue connection's page cache, in KiB (SQLite's `cache_size = -N`).
@@ -116,12 +116,13 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // kernel crash is the OS's and the disk's promise (WAL is fsynced at checkpoints).
     // That is the same trade JetStream makes with its default 2-minute sync interval;
     // `synchronous=FULL` would fsync every group commit at a large cost in throughput.
-    // Checkpoints (copying WAL pages into the file, then two fsyncs) run every
-    // `WAL_AUTOCHECKPOINT_PAGES` pages instead of SQLite's 1,000: a message is written and
-    // deleted within seconds, so the same pages are rewritten many times between
-    // checkpoints and copied once (issue 13: checkpoints were 16 % of the embedded CPU at
-    // 1,000 pages). The cost: the WAL, the part a power loss may lose, holds up to ~32 MiB
-    // (a few seconds of full-speed ingest) instead of ~4 MiB.
+    // Checkpoints (copying WAL pages into the file, then two fsyncs) run mostly on a
+    // thread of their own (`crate::checkpointer`, every 250 ms), so the queue thread does
+    // not wait on the disk. This connection's own auto-checkpoint, every
+    // `WAL_AUTOCHECKPOINT_PAGES` pages instead of SQLite's 1,000, is what bounds the WAL
+    // file (it resets the WAL, which only the writer can) and finds most frames already
+    // copied. Each background pass that finds new frames fsyncs the WAL first, so what a
+    // power loss can take is about the last 250 ms of commits, not the whole WAL.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL;
          PRAGMA temp_store = MEMORY;
