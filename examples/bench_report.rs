@@ -1032,7 +1032,7 @@ fn issue13_section(
         let ok = (last as f64) <= 1.10 * first as f64;
         writeln!(
             w,
-            "| embedded: memory flat over the run, bounded | VmHWM {} MiB; peak VmRSS first half {} MiB, second half {} MiB | - | - | {} | bound: SQLite page caches (queue 32 MiB + store writer 64 MiB + reader 16 MiB) + the collector's in-flight bodies (README, Memory) |",
+            "| embedded: memory flat over the run, bounded | VmHWM {} MiB; peak VmRSS first half {} MiB, second half {} MiB | - | - | {} | bound: SQLite page caches (queue 32 MiB + store writer 64 MiB + reader 16 MiB + 2 × 1 MiB for the checkpoint connections) + the collector's in-flight bodies (README, Memory) |",
             peaks
                 .get("serve-embedded")
                 .map_or_else(|| "-".into(), |k| mib(*k)),
