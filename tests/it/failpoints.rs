@@ -18,6 +18,23 @@ async fn wait_ready(port: u16) {
     crate::support::app::wait_ready(&format!("http://127.0.0.1:{port}")).await;
 }
 
+/// Fails with the cause when the binary under test has no failpoints: cargo builds it with
+/// the suite's features, but a `cargo build`/`cargo run` in the same target directory while
+/// the suite runs replaces it with one built without them.
+fn assert_binary_has_failpoints(role: &str) {
+    // The setting is hidden from --help; clap refuses an unknown one before printing help.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nsready"))
+        .args([role, "--failpoint", "crash-after-commit", "--help"])
+        .output()
+        .expect("run nsready --help");
+    assert!(
+        out.status.success(),
+        "{} has no --failpoint: it was rebuilt without the test-failpoints feature (a cargo \
+         build or run in the same target directory while the suite ran?); rerun the suite",
+        env!("CARGO_BIN_EXE_nsready")
+    );
+}
+
 /// A process killed after its commit and before its acks: the batch is redelivered, and
 /// the redelivery adds no rows.
 async fn redelivery_after_a_crash_between_commit_and_ack_adds_no_rows(kind: Kind) {
@@ -28,6 +45,7 @@ async fn redelivery_after_a_crash_between_commit_and_ack_adds_no_rows(kind: Kind
         Kind::ScaleOut | Kind::ScaleOutTimescale => "worker",
         Kind::Embedded => "serve",
     };
+    assert_binary_has_failpoints(role);
     let args = ["--service-port", port.as_str(), "--worker-ack-wait", "1"];
     let mut crashing: Vec<&str> = args.to_vec();
     crashing.extend(["--failpoint", "crash-after-commit"]);
