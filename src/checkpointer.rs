@@ -9,7 +9,8 @@
 //! every interval: it copies what no reader still needs without ever waiting for (or
 //! blocking) the writer, so the writer's own auto-checkpoint, kept as the bound on the
 //! WAL's size, finds almost every frame already copied and synced, and only then resets
-//! the WAL to its start. Durability is unchanged: a checkpoint only moves committed pages.
+//! the WAL to its start. A checkpoint only moves committed pages, and each pass that finds
+//! new frames fsyncs the WAL first, so a power loss takes about one interval of commits.
 //!
 //! The thread stops, and its connection closes, when the [`Checkpointer`] is dropped; a
 //! failed checkpoint (a full disk, say) is logged once per run of failures and retried on
@@ -174,6 +175,20 @@ mod tests {
         std::fs::metadata(path).unwrap().len() / 4096
     }
 
+    /// Waits (30 s at most) until the database file holds `pages` pages; only a
+    /// checkpoint grows it.
+    fn wait_for_file_pages(path: &Path, pages: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while file_pages(path) < pages {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the file never reached {pages} pages: {}",
+                file_pages(path)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn copies_committed_pages_into_the_file_while_the_writer_goes_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -182,19 +197,11 @@ mod tests {
         insert(&conn, 2000);
         let before = file_pages(&path);
         let ckpt = Checkpointer::start(&path, "test", Duration::from_millis(10)).unwrap();
-        // The writer keeps committing while the checkpointer copies: neither waits.
+        // The writer goes on committing while the checkpointer runs.
         for _ in 0..20 {
             insert(&conn, 100);
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while file_pages(&path) < before + 500 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the file never grew: {} pages",
-                file_pages(&path)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_file_pages(&path, before + 500);
         drop(ckpt);
         // Every row is there, whichever of WAL and file holds it.
         let n: i64 = conn
@@ -219,13 +226,8 @@ mod tests {
             .unwrap();
         let pages = u64::try_from(pages).unwrap();
         let ckpt = Checkpointer::start(&path, "test", Duration::from_millis(10)).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        // Wait until a background pass copied every page into the file (only a checkpoint
-        // grows the file)...
-        while file_pages(&path) < pages {
-            assert!(std::time::Instant::now() < deadline, "never fully copied");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Wait until a background pass copied every page into the file...
+        wait_for_file_pages(&path, pages);
         // (joining the thread lets a pass still running finish)...
         drop(ckpt);
         // ...then the next commit writes from the WAL's start: the WAL does not grow.

@@ -562,3 +562,36 @@ async fn a_publish_is_bounded_by_the_publish_timeout() -> TestResult {
     }
     Ok(())
 }
+
+/// Committed messages reach the queue file itself (not only its WAL) within moments, with
+/// no further writes and far below the writer's own 8,192-page checkpoint: the background
+/// checkpointer runs for the queue (which is also what fsyncs the WAL every 250 ms).
+#[tokio::test]
+async fn committed_messages_are_checkpointed_into_the_file_in_the_background() -> TestResult {
+    let dir = TempDir::new()?;
+    let q = open(&dir, opts())?;
+    let file = dir.path().join("queue.db");
+    let pages = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len() / 4096);
+    let before = pages(&file)?;
+    let batch: Vec<Outgoing> = (0..50)
+        .map(|i| Outgoing {
+            msg_id: format!("big-{i}"),
+            trace_id: String::new(),
+            payload: Bytes::from(vec![b'x'; 4000]),
+        })
+        .collect();
+    for r in q.publish_many(batch).await {
+        r?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pages(&file)? < before + 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue file still {} pages (was {before}): nothing checkpointed it",
+            pages(&file)?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(depth(&q).await?, 50);
+    Ok(())
+}
